@@ -1,0 +1,109 @@
+"""SST-2 accuracy of the manual prompt and of BBT with the same template, over seeds.
+
+Test set: all 872 SST-2 validation examples. For each template: the manual prompt (no soft prompt;
+deterministic, so its std is 0) and BBT runs with the given seeds (the seed draws the few-shot
+split, the projection and CMA-ES). Templates and settings were chosen on a dev sample from the
+train pool (benchmarks/templates.py) and the CPU preset, never on the test set.
+
+Results are appended to ``--out`` as they finish; a rerun skips what is already there.
+
+    python benchmarks/accuracy.py --seeds 42 43 44
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from lmaas_tune.backends import LocalBackend
+from lmaas_tune.config import PRESETS
+from lmaas_tune.evaluation import evaluate_prompt
+from lmaas_tune.tasks import get_task
+from lmaas_tune.tuner import BlackBoxTuner
+
+TEMPLATES = {
+    "paper": ("{sentence} . It was {mask}", "bad,great"),
+    "review": ("Review: {sentence}\nSentiment:{mask}", "negative,positive"),
+}
+
+
+def _load(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _save(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def table(rows: list[dict], templates: list[str]) -> str:
+    lines = ["| template | label words | manual prompt | BBT (mean ± std) | BBT runs | BBT − manual | s per BBT run |",
+             "|---|---|---|---|---|---|---|"]
+    for name in templates:
+        manual = [r["accuracy"] for r in rows if r["template"] == name and r["method"] == "manual"]
+        bbt = [r for r in rows if r["template"] == name and r["method"] == "bbt"]
+        accs = [r["accuracy"] for r in bbt]
+        if not manual:
+            continue
+        m = 100 * manual[0]
+        if accs:
+            mean = 100 * statistics.mean(accs)
+            std = 100 * statistics.stdev(accs) if len(accs) > 1 else 0.0
+            runs = ", ".join(f"{100 * a:.2f}" for a in accs)
+            secs = statistics.mean(r["wall_time_s"] for r in bbt)
+            lines.append(f"| `{TEMPLATES[name][0]!r}` | {TEMPLATES[name][1]} | {m:.2f} ± 0.00 | {mean:.2f} ± {std:.2f} | {runs} | {mean - m:+.2f} | {secs:.0f} |")
+        else:
+            lines.append(f"| `{TEMPLATES[name][0]!r}` | {TEMPLATES[name][1]} | {m:.2f} ± 0.00 | - | - | - | - |")
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    ap.add_argument("--templates", nargs="+", default=list(TEMPLATES), choices=list(TEMPLATES))
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--budget", type=int)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
+    args = ap.parse_args()
+    config = PRESETS.get(args.preset).config.with_overrides(budget=args.budget)
+    rows = _load(args.out)
+    done = {(r["template"], r["method"], r.get("seed")) for r in rows}
+    base = get_task("sst2")
+    print(f"settings: {config.to_dict()} model={args.model} dtype={args.dtype}", flush=True)
+    async with LocalBackend.load(args.model, dtype=args.dtype) as backend:
+        test = base.load("test")
+        for name in args.templates:
+            task = base.with_format(*TEMPLATES[name])
+            if (name, "manual", None) not in done:
+                ev = await evaluate_prompt(backend, task, test)
+                rows.append({"template": name, "method": "manual", "seed": None, "accuracy": ev.accuracy, "n": ev.n})
+                _save(args.out, rows)
+                print(f"{name} manual: {ev.accuracy:.4f} on {ev.n}", flush=True)
+            for seed in args.seeds:
+                if (name, "bbt", seed) in done:
+                    continue
+                cfg = config.with_overrides(seed=seed)
+                with tempfile.TemporaryDirectory() as tmp:
+                    start = time.perf_counter()
+                    result = await BlackBoxTuner(task, backend, cfg, run_dir=Path(tmp) / "run").fit()
+                    wall = time.perf_counter() - start
+                assert result.test is not None
+                rows.append({"template": name, "method": "bbt", "seed": seed, "accuracy": result.test.accuracy,
+                             "n": result.test.n, "dev": result.dev, "calls": result.calls, "wall_time_s": wall,
+                             "config": cfg.to_dict(), "dtype": backend.info.dtype})
+                _save(args.out, rows)
+                print(f"{name} bbt seed {seed}: test {result.test.accuracy:.4f} dev {result.dev:.4f} "
+                      f"({result.calls} calls, {wall:.0f} s)", flush=True)
+    print()
+    print(table(rows, args.templates))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

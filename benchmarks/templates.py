@@ -1,0 +1,53 @@
+"""Zero-shot accuracy of candidate SST-2 templates on a dev sample drawn from the *train* pool.
+
+Used to choose the templates that benchmarks/accuracy.py tunes; never looks at the test set.
+The sample: ``--n`` examples of at least ``--min-words`` words (SST-2's train pool mixes phrases
+with sentences; its test set is sentences), drawn with ``--seed``, disjoint from nothing else.
+
+    python benchmarks/templates.py --n 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import numpy as np
+
+from lmaas_tune.backends import LocalBackend
+from lmaas_tune.evaluation import evaluate_prompt
+from lmaas_tune.tasks import get_task
+
+CANDIDATES = [
+    ("{sentence} . It was {mask}", "bad,great"),
+    ("Review: {sentence}\nSentiment:{mask}", "negative,positive"),
+    ("Review: {sentence}\nSentiment:{mask}", "bad,good"),
+    ("Movie review: {sentence}\nThe movie was{mask}", "terrible,great"),
+    ("{sentence}\nIs this movie review positive or negative?\nAnswer:{mask}", "negative,positive"),
+    ("Movie review: {sentence}\nSentiment (positive or negative):{mask}", "negative,positive"),
+]
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--n", type=int, default=400)
+    ap.add_argument("--min-words", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    base = get_task("sst2")
+    pool = [e for e in base.load("train") if len(e.texts["sentence"].split()) >= args.min_words]
+    pick = np.random.default_rng(args.seed).choice(len(pool), size=args.n, replace=False)
+    sample = [pool[int(i)] for i in pick]
+    async with LocalBackend.load(args.model) as backend:
+        print(f"dev sample: {args.n} train-pool examples with >= {args.min_words} words, seed {args.seed}")
+        for template, words in CANDIDATES:
+            task = base.with_format(template, words)
+            t = time.perf_counter()
+            ev = await evaluate_prompt(backend, task, sample)
+            print(f"{ev.accuracy:.4f}  {words:<20} {template!r}  ({time.perf_counter() - t:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

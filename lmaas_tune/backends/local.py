@@ -1,0 +1,240 @@
+"""A backend that runs a transformers model in this process.
+
+Soft prompts go in through ``inputs_embeds`` (no model patching). A whole population is scored in
+batched passes: rows are (example, candidate) pairs sorted by length, packed under a token budget
+and right-padded to the longest row of their pass. Only the label-word rows of the output
+embedding are applied: a forward pre-hook on the output layer captures its input and stops the
+forward pass before the vocabulary-sized projection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, InputTooLongError
+from .base import Backend, BackendInfo, ModelKind, ScoringBatch, check_prompts
+from .encoding import EncodedBatch, encode_batch
+from .models import DEFAULT_MODEL, load_pretrained, resolve_model
+
+log = logging.getLogger("lmaas_tune")
+
+_POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+
+
+class _Captured(Exception):
+    """Raised by the output-layer hook once it holds its input."""
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ConfigError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+class LocalBackend(Backend):
+    """Score soft prompts with a transformers model held in this process.
+
+    ``token_budget`` caps the padded tokens of one forward pass (rows x length).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, kind: ModelKind, *, model_id: str, token_budget: int = 8192) -> None:
+        if token_budget < 1:
+            raise ConfigError("token_budget must be positive")
+        self._model = model
+        self._tok = tokenizer
+        self._kind = kind
+        self._token_budget = token_budget
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="lmaas-local")
+        self._encoded: OrderedDict[str, EncodedBatch] = OrderedDict()
+        param = next(model.parameters())
+        self._device, self._dtype = param.device, param.dtype
+        self._in_emb = model.get_input_embeddings()
+        self._out_emb = model.get_output_embeddings()
+        if self._out_emb is None:
+            raise ConfigError(f"{model_id} has no output (LM head) layer; load it with its LM head")
+        cfg = model.config
+        text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        self._softcap = getattr(text_cfg, "final_logit_softcapping", None)
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        weight = self._in_emb.weight.detach()
+        limit = int(getattr(text_cfg, "max_position_embeddings", 0) or 0) - _POSITION_OFFSET.get(cfg.model_type, 0)
+        tok_limit = getattr(tokenizer, "model_max_length", None) or 0
+        if 0 < tok_limit < 1_000_000:
+            limit = min(limit, tok_limit) if limit > 0 else tok_limit
+        self._info = BackendInfo(
+            model_id=model_id,
+            kind=kind,
+            hidden_size=int(weight.shape[1]),
+            num_layers=int(getattr(text_cfg, "num_hidden_layers", 0) or 0),
+            embedding_std=float(weight.float().std()),
+            max_length=limit if limit > 0 else 1_000_000,
+            device=str(self._device),
+            dtype=str(self._dtype).replace("torch.", ""),
+        )
+
+    @classmethod
+    def load(
+        cls,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        kind: ModelKind | str | None = None,
+        token_budget: int = 8192,
+    ) -> "LocalBackend":
+        """Load a model by embedded name, ``.gguf`` path, local directory or hub id."""
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+        source = resolve_model(model)
+        net, tok, resolved = load_pretrained(source, kind=ModelKind(kind) if kind else None, dtype=dt)
+        net.to(dev)
+        return cls(net, tok, resolved, model_id=source.name, token_budget=token_budget)
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
+
+    @property
+    def model(self) -> Any:
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tok
+
+    def encode(self, batch: ScoringBatch) -> EncodedBatch:
+        """Tokenised form of a batch, cached by content hash (a few batches per run)."""
+        enc = self._encoded.get(batch.key)
+        if enc is None:
+            enc = encode_batch(self._tok, self._kind, batch)
+            self._encoded[batch.key] = enc
+            while len(self._encoded) > 8:
+                self._encoded.popitem(last=False)
+        else:
+            self._encoded.move_to_end(batch.key)
+        return enc
+
+    async def token_lengths(self, batch: ScoringBatch) -> tuple[int, ...]:
+        enc = await self._run(self.encode, batch)
+        return tuple(int(x) for x in enc.lengths)
+
+    async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
+        arr = check_prompts(prompts, self._info)
+        return await self._run(self.score_sync, arr, batch)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        if self._executor is None:
+            raise ConfigError("this backend is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def aclose(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # -- the forward pass -------------------------------------------------------------------
+
+    def score_sync(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
+        """Blocking form of :meth:`score` (runs in the backend's worker thread)."""
+        enc = self.encode(batch)
+        n_prompts = 1 if prompts is None else prompts.shape[0]
+        plen = 0 if prompts is None else prompts.shape[1]
+        lengths = enc.lengths
+        too_long = np.flatnonzero(lengths + plen > self._info.max_length)
+        if too_long.size:
+            raise InputTooLongError(
+                f"{too_long.size} of {len(lengths)} input(s) exceed the model limit of {self._info.max_length} "
+                f"tokens with a {plen}-token prompt (longest {int(lengths.max()) + plen}); drop them, "
+                f"shorten the texts, or use a shorter prompt"
+            )
+        with torch.inference_mode():
+            prompt_t = None if plen == 0 else torch.from_numpy(prompts).to(self._device, self._dtype)  # type: ignore[arg-type]
+            label_w = self._out_emb.weight[list(enc.label_ids)].float()
+            bias = getattr(self._out_emb, "bias", None)
+            label_b = bias[list(enc.label_ids)].float() if bias is not None else None
+            out = torch.empty(n_prompts, len(lengths), len(enc.label_ids), dtype=torch.float32)
+            order = np.argsort(-lengths, kind="stable")
+            rows = [(int(n), p) for n in order for p in range(n_prompts)]
+            start = 0
+            while start < len(rows):
+                width = int(lengths[rows[start][0]]) + plen  # longest row of this pass
+                take = max(1, self._token_budget // width)
+                chunk = rows[start:start + take]
+                start += take
+                hidden = self._forward_chunk(chunk, enc, prompt_t, plen)
+                logits = hidden.float() @ label_w.T
+                if label_b is not None:
+                    logits = logits + label_b
+                if self._softcap:
+                    logits = torch.tanh(logits / self._softcap) * self._softcap
+                n_idx = torch.tensor([n for n, _ in chunk])
+                p_idx = torch.tensor([p for _, p in chunk])
+                out[p_idx, n_idx] = logits.cpu()
+        return out.numpy()
+
+    def _forward_chunk(
+        self, chunk: list[tuple[int, int]], enc: EncodedBatch, prompt_t: torch.Tensor | None, plen: int
+    ) -> torch.Tensor:
+        """Input of the output layer at each row's readout position: ``[rows, hidden]``."""
+        lengths = [len(enc.ids[n]) for n, _ in chunk]
+        width = max(lengths)
+        ids = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width + plen), dtype=torch.long)
+        for r, (n, _) in enumerate(chunk):
+            ids[r, : lengths[r]] = torch.tensor(enc.ids[n])
+            mask[r, : lengths[r] + plen] = 1
+        embeds = self._in_emb(ids.to(self._device))
+        if prompt_t is not None:
+            s = enc.insert_at
+            p_idx = torch.tensor([p for _, p in chunk], device=self._device)
+            embeds = torch.cat([embeds[:, :s], prompt_t[p_idx], embeds[:, s:]], dim=1)
+        readout = torch.tensor([int(enc.readout[n]) + plen for n, _ in chunk], device=self._device)
+        captured = self._head_input(embeds, mask.to(self._device))
+        return captured[torch.arange(len(chunk), device=self._device), readout]
+
+    def _head_input(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        holder: dict[str, torch.Tensor] = {}
+
+        def grab(_module: Any, args: tuple[Any, ...]) -> None:
+            holder["h"] = args[0]
+            raise _Captured
+
+        handle = self._out_emb.register_forward_pre_hook(grab)
+        kwargs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": mask}
+        if self._kind is ModelKind.CAUSAL:
+            kwargs["use_cache"] = False
+        try:
+            self._model(**kwargs)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+        if "h" not in holder:
+            raise RuntimeError("the model's forward pass did not reach its output layer")
+        return holder["h"]

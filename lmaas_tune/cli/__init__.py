@@ -1,0 +1,5 @@
+"""The command-line interface (typer + rich)."""
+
+from .app import app, main
+
+__all__ = ["app", "main"]

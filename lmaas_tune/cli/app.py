@@ -1,0 +1,272 @@
+"""The ``lmaas-tune`` command: a thin shell over :mod:`lmaas_tune.workflows`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.logging import RichHandler
+from rich.table import Table
+
+from .. import workflows
+from ..backends.factory import BACKENDS, BackendSettings, open_backend
+from ..backends.models import DEFAULT_MODEL, EMBEDDED
+from ..config import PRESETS, TuneConfig
+from ..errors import LmaasTuneError
+from ..tasks.catalog import TASKS
+from ..tasks.spec import TaskSpec
+from .display import Display, make_console
+
+app = typer.Typer(
+    help="Black-Box Tuning of soft prompts for language models you can only query.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = make_console()
+err = make_console(stderr=True)
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handled(fn: F) -> F:
+    """Turn package errors into one red line and an exit code (2 usage, 1 runtime); --debug shows tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LmaasTuneError as exc:
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_time=False, show_path=False)],
+    )
+
+
+# -- shared options ------------------------------------------------------------------------------
+
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Registered task (see `lmaas-tune tasks`) or `custom`.")]
+TemplateOpt = Annotated[Optional[str], typer.Option(help="Template with {field} slots and one {mask}, e.g. '{sentence} It was {mask}'.")]
+WordsOpt = Annotated[Optional[str], typer.Option("--label-words", help="Comma-separated label words, in label order.")]
+TrainOpt = Annotated[Optional[str], typer.Option("--train-file", help="Train pool (.tsv/.csv/.jsonl with a header).")]
+TestOpt = Annotated[Optional[str], typer.Option("--test-file", help="Test set, same format.")]
+ColumnOpt = Annotated[Optional[list[str]], typer.Option("--column", help="Map a template field to a column: FIELD=COLUMN (repeatable).")]
+LabelColOpt = Annotated[str, typer.Option("--label-column", help="Column holding the label.")]
+LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Raw label values in label-word order, comma-separated (default: sorted).")]
+TaskFileOpt = Annotated[Optional[Path], typer.Option("--task-file", help="A custom task in .toml or .json (keys as the options above).")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=f"Embedded name ({', '.join(EMBEDDED)}), .gguf file, local directory, or hub id (e.g. roberta-large).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16, float16.")]
+KindOpt = Annotated[Optional[str], typer.Option("--model-kind", help="Override detection: masked or causal.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _task_spec(task: str, template: str | None, label_words: str | None, train: str | None, test: str | None,
+               column: list[str] | None, label_column: str, labels: str | None, task_file: Path | None) -> TaskSpec:
+    if task_file is not None:
+        return TaskSpec.from_file(task_file)
+    cols: dict[str, str] = {}
+    for item in column or []:
+        field, sep, col = item.partition("=")
+        if not sep or not field or not col:
+            raise typer.BadParameter(f"--column expects FIELD=COLUMN, got {item!r}")
+        cols[field.strip()] = col.strip()
+    words = tuple(w.strip() for w in label_words.split(",") if w.strip()) if label_words else None
+    values = tuple(v.strip() for v in labels.split(",")) if labels else None
+    spec = TaskSpec(task, template, words, train, test, cols, label_column, values)
+    spec.build()  # validate now, before a model is loaded
+    return spec
+
+
+def _open(settings: BackendSettings, display: Display) -> Any:
+    start = time.perf_counter()
+    display.note(f"loading {settings.model} ({settings.backend} backend)...")
+    backend = open_backend(settings)
+    info = backend.info
+    display.note(f"loaded {info.model_id}: {info.kind.value} LM, hidden {info.hidden_size}, "
+                 f"{info.device}/{info.dtype}, {time.perf_counter() - start:.1f} s")
+    return backend
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+@app.command("tasks")
+@handled
+def tasks_cmd(json_out: JsonOpt = False) -> None:
+    """List the registered tasks with their templates and label words."""
+    rows = []
+    for name, task in TASKS.items():
+        for kind, fmt in (("masked", task.masked), ("causal", task.causal)):
+            if fmt is not None:
+                rows.append({"task": name, "kind": kind, "template": fmt.template.text,
+                             "label_words": list(fmt.label_words), "metric": task.metric,
+                             "description": task.description})
+    if json_out:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="tasks", show_lines=True)
+    for col in ("task", "model kind", "template", "label words", "metric"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["task"], r["kind"], repr(r["template"])[1:-1], ", ".join(r["label_words"]), r["metric"])
+    out.print(table)
+
+
+@app.command("evaluate")
+@handled
+def evaluate_cmd(
+    run_dir: Annotated[Optional[Path], typer.Argument(help="A run directory from `fit`: score its best prompt on the test set.")] = None,
+    task: TaskOpt = "sst2",
+    template: TemplateOpt = None,
+    label_words: WordsOpt = None,
+    train_file: TrainOpt = None,
+    test_file: TestOpt = None,
+    column: ColumnOpt = None,
+    label_column: LabelColOpt = "label",
+    labels: LabelsOpt = None,
+    task_file: TaskFileOpt = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    backend: Annotated[str, typer.Option(help=f"Backend: {', '.join(BACKENDS)}.")] = "local",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    model_kind: KindOpt = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score the manual prompt (zero-shot) on a task's test set, or a tuned run's prompt with RUN_DIR."""
+    display = Display(err, quiet=quiet or json_out)
+    start = time.perf_counter()
+    saved = None
+    if run_dir is not None:
+        saved = workflows.SavedRun.load(run_dir)
+        settings = BackendSettings.from_dict({**saved.settings.to_dict(), "device": device})
+        spec = saved.task
+    else:
+        spec = _task_spec(task, template, label_words, train_file, test_file, column, label_column, labels, task_file)
+        settings = BackendSettings(backend, model, device, dtype, model_kind)
+
+    async def run() -> Any:
+        be = _open(settings, display)
+        async with be:
+            with display:
+                progress = lambda d, t: display.bar("test", d, t) if display.live else None  # noqa: E731
+                if saved is not None:
+                    return await workflows.evaluate_run(saved, be, progress=progress)
+                return await workflows.zero_shot(spec, be, progress=progress)
+
+    result = asyncio.run(run())
+    wall = time.perf_counter() - start
+    payload = {**result.to_dict(), "task": spec.name, "model": settings.model, "wall_time_s": round(wall, 2)}
+    if saved is not None:
+        payload["recorded"] = saved.recorded_test
+    if json_out:
+        out.print_json(json.dumps(payload))
+        return
+    what = f"run {run_dir}" if saved is not None else "manual prompt"
+    dropped = f", {result.dropped} dropped as too long" if result.dropped else ""
+    out.print(f"{spec.name} test {result.metric}: {result.value:.4f} ({result.n} examples{dropped}; "
+              f"{what}, {settings.model}, {wall:.1f} s)")
+    if saved is not None and saved.recorded_test is not None:
+        out.print(f"recorded by fit: {saved.recorded_test['value']:.4f}")
+
+
+@app.command("fit")
+@handled
+def fit_cmd(
+    task: TaskOpt = "sst2",
+    template: TemplateOpt = None,
+    label_words: WordsOpt = None,
+    train_file: TrainOpt = None,
+    test_file: TestOpt = None,
+    column: ColumnOpt = None,
+    label_column: LabelColOpt = "label",
+    labels: LabelsOpt = None,
+    task_file: TaskFileOpt = None,
+    backend: Annotated[str, typer.Option(help=f"Backend: {', '.join(BACKENDS)}.")] = "local",
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    model_kind: KindOpt = None,
+    preset: Annotated[str, typer.Option(help="Starting settings: " + "; ".join(f"{n}: {p.description}" for n, p in PRESETS.items()) + ".")] = "paper",
+    seed: Annotated[Optional[int], typer.Option(help="Seeds the few-shot split, the projection and CMA-ES (paper: 42).")] = None,
+    budget: Annotated[Optional[int], typer.Option(help="API calls (candidates scored on the train set); paper: 8000.")] = None,
+    popsize: Annotated[Optional[int], typer.Option(help="CMA-ES population size; paper: 20.")] = None,
+    prompt_length: Annotated[Optional[int], typer.Option("--prompt-length", help="Soft-prompt tokens L; paper: 50.")] = None,
+    intrinsic_dim: Annotated[Optional[int], typer.Option("--intrinsic-dim", help="Dimension d of z; paper: 500.")] = None,
+    sigma: Annotated[Optional[float], typer.Option(help="CMA-ES initial step size sigma0; paper: 1.0.")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Projection scale factor alpha; paper: 1.0.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="ce, hinge or acc (minus accuracy); paper: ce.")] = None,
+    k_shot: Annotated[Optional[int], typer.Option("--k-shot", help="Train (and dev) examples per class; paper: 16.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Calls between dev checks; paper: 100.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (default: runs/TASK-MODEL-sSEED-TIME).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Score calls in flight at once (default: what the backend says).")] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Tune a soft prompt with Black-Box Tuning (CMA-ES over a random projection)."""
+    spec = _task_spec(task, template, label_words, train_file, test_file, column, label_column, labels, task_file)
+    config = PRESETS.get(preset).config.with_overrides(
+        seed=seed, budget=budget, popsize=popsize, prompt_length=prompt_length, intrinsic_dim=intrinsic_dim,
+        sigma0=sigma, alpha=alpha, loss=loss, k_shot=k_shot, eval_every=eval_every,
+    )
+    settings = BackendSettings(backend, model, device, dtype, model_kind)
+    if output is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        output = Path("runs") / f"{spec.name}-{Path(model).stem}-s{config.seed}-{stamp}"
+    display = Display(err, quiet=quiet or json_out)
+    display.note(
+        f"fit {spec.name}: L={config.prompt_length} d={config.intrinsic_dim} popsize={config.popsize} "
+        f"sigma={config.sigma0} budget={config.budget} loss={config.loss} {config.k_shot}-shot seed={config.seed} -> {output}"
+    )
+
+    async def run() -> Any:
+        be = _open(settings, display)
+        async with be:
+            with display:
+                return await workflows.fit(spec, be, settings, config, output=output, callbacks=[display],
+                                           concurrency=concurrency)
+
+    result = asyncio.run(run())
+    test = result.test
+    payload = {"run_dir": str(result.run_dir), "metric": result.metric, "dev": result.dev,
+               "test": test.to_dict() if test else None, "calls": result.calls,
+               "wall_time_s": round(result.wall_time, 2)}
+    if json_out:
+        out.print_json(json.dumps(payload))
+        return
+    out.print(f"best dev {result.metric}: {result.dev:.4f}; test {result.metric}: "
+              f"{test.value if test else float('nan'):.4f} ({test.n if test else 0} examples); "
+              f"{result.calls} calls in {result.wall_time:.0f} s; run saved in {result.run_dir}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,89 @@
+"""Tuning settings and the named presets they start from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+from .losses import LOSSES
+from .projection import DISTRIBUTIONS
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Black-Box Tuning knobs. Defaults are the paper's (DESIGN §1)."""
+
+    prompt_length: int = 50
+    intrinsic_dim: int = 500
+    popsize: int = 20
+    sigma0: float = 1.0
+    alpha: float = 1.0
+    distribution: str = "normal"
+    bounds: tuple[float, float] | None = None
+    budget: int = 8000
+    loss: str = "ce"
+    k_shot: int = 16
+    eval_every: int = 100
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.popsize < 2:
+            raise ConfigError(f"--popsize must be at least 2 (CMA-ES needs to rank candidates); got {self.popsize}")
+        if self.budget < self.popsize:
+            raise ConfigError(
+                f"--budget ({self.budget}) is smaller than --popsize ({self.popsize}): not one generation "
+                f"fits; raise the budget or lower the popsize"
+            )
+        for name in ("prompt_length", "intrinsic_dim", "k_shot", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
+        if not self.sigma0 > 0 or not self.alpha > 0:
+            raise ConfigError(f"--sigma and --alpha must be positive; got {self.sigma0}, {self.alpha}")
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            if not lo < hi:
+                raise ConfigError(f"bounds must satisfy low < high; got {self.bounds}")
+            object.__setattr__(self, "bounds", (float(lo), float(hi)))
+        LOSSES.get(self.loss)
+        DISTRIBUTIONS.get(self.distribution)
+
+    def with_overrides(self, **overrides: Any) -> "TuneConfig":
+        """Replace the fields given (``None`` values are ignored)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {sorted(unknown)}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bounds"] = list(self.bounds) if self.bounds else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TuneConfig":
+        d = dict(data)
+        if d.get("bounds") is not None:
+            d["bounds"] = tuple(d["bounds"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    config: TuneConfig
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+PRESETS.add("paper", Preset("the paper's settings: L=50, d=500, popsize 20, sigma 1, 8000 calls, 16-shot", TuneConfig()))
+# Chosen on the SST-2 dev split with the embedded model (README, "CPU preset"): a 10-token prompt and
+# 400 calls finish in a few minutes on two CPU cores; everything else stays at the paper's values.
+PRESETS.add(
+    "cpu",
+    Preset(
+        "for the embedded model on a laptop CPU: L=10, 400 calls, otherwise the paper's settings",
+        TuneConfig(prompt_length=10, budget=400),
+    ),
+)

@@ -1,0 +1,107 @@
+"""Scoring a fixed prompt (or none) on a labelled set, and fitting inputs to the model limit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import Backend, ScoringBatch
+from .errors import DataError
+from .tasks.data import Example
+from .tasks.metrics import METRICS
+from .tasks.task import Task
+
+log = logging.getLogger("lmaas_tune")
+
+
+@dataclass(frozen=True)
+class LabelledBatch:
+    """A rendered batch, its gold labels, and how many inputs were dropped as too long."""
+
+    batch: ScoringBatch
+    labels: np.ndarray
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+
+async def prepare(
+    backend: Backend, task: Task, examples: Sequence[Example], prompt_length: int, *, what: str = "examples"
+) -> LabelledBatch:
+    """Render ``examples`` for the backend's model kind; drop inputs that cannot fit with the prompt."""
+    if not examples:
+        raise DataError(f"no {what} to score")
+    batch = task.render(examples, backend.info.kind)
+    lengths = np.array(await backend.token_lengths(batch))
+    keep = np.flatnonzero(lengths + prompt_length <= backend.info.max_length)
+    dropped = len(examples) - len(keep)
+    if dropped:
+        log.warning(
+            "dropped %d of %d %s longer than the model limit of %d tokens (with a %d-token prompt)",
+            dropped, len(examples), what, backend.info.max_length, prompt_length,
+        )
+        if len(keep) == 0:
+            raise DataError(f"every one of the {what} is longer than the model limit")
+        batch = batch.subset([int(i) for i in keep])
+    labels = np.array([examples[int(i)].label for i in keep], dtype=np.int64)
+    return LabelledBatch(batch, labels, dropped)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metric: str
+    value: float
+    accuracy: float
+    n: int
+    dropped: int
+    predictions: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"metric": self.metric, "value": self.value, "accuracy": self.accuracy, "n": self.n, "dropped": self.dropped}
+
+
+def summarise(logits: np.ndarray, data: LabelledBatch, metric: str) -> Evaluation:
+    """Metric of ``logits [N, C]`` against ``data``'s labels."""
+    pred = logits.argmax(axis=-1)
+    value = METRICS.get(metric)(pred, data.labels)
+    acc = METRICS.get("accuracy")(pred, data.labels)
+    return Evaluation(metric, float(value), float(acc), len(data), data.dropped, tuple(int(p) for p in pred))
+
+
+async def score_in_chunks(
+    backend: Backend,
+    prompt: np.ndarray | None,
+    data: LabelledBatch,
+    *,
+    chunk: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Logits ``[N, C]`` of one prompt (``[L, D]`` or None), ``chunk`` examples per call."""
+    arr = None if prompt is None else np.asarray(prompt, dtype=np.float32)[None]
+    out = []
+    n = len(data.batch)
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        out.append((await backend.score(arr, data.batch.subset(range(lo, hi))))[0])
+        if progress:
+            progress(hi, n)
+    return np.concatenate(out, axis=0)
+
+
+async def evaluate_prompt(
+    backend: Backend,
+    task: Task,
+    examples: Sequence[Example],
+    prompt: np.ndarray | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """The task metric of ``prompt`` (``None``: the manual template alone) on ``examples``."""
+    plen = 0 if prompt is None else int(np.asarray(prompt).shape[0])
+    data = await prepare(backend, task, examples, plen, what="test examples")
+    logits = await score_in_chunks(backend, prompt, data, progress=progress)
+    return summarise(logits, data, task.metric)

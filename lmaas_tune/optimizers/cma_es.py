@@ -1,0 +1,95 @@
+"""CMA-ES (pycma) behind the Optimizer seam."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import ConfigError, NonFiniteLossError
+from .base import Optimizer
+
+
+@contextmanager
+def _own_global_rng(state: dict[str, Any]) -> Iterator[None]:
+    """pycma samples from numpy's *global* RNG: swap ours in and out so runs cannot interfere."""
+    outside = np.random.get_state()
+    np.random.set_state(state["rng"])
+    try:
+        yield
+    finally:
+        state["rng"] = np.random.get_state()
+        np.random.set_state(outside)
+
+
+class CMAES(Optimizer):
+    """pycma's ``CMAEvolutionStrategy`` from z0 = 0 with step size ``sigma0``.
+
+    Non-finite losses: such a candidate is ranked last (given the worst finite loss of its
+    generation plus one) rather than pycma's silent median; if no loss of a generation is finite,
+    :class:`NonFiniteLossError` is raised.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        popsize: int = 20,
+        sigma0: float = 1.0,
+        seed: int = 42,
+        bounds: Sequence[float] | None = None,
+    ) -> None:
+        import cma
+
+        if popsize < 2:
+            raise ConfigError(f"popsize must be at least 2; got {popsize}")
+        if sigma0 <= 0:
+            raise ConfigError(f"sigma must be positive; got {sigma0}")
+        self.dim, self.popsize, self.sigma0, self.seed = dim, popsize, sigma0, seed
+        # pycma treats seed 0 as "use the clock"; map it to a fixed value to stay reproducible.
+        cma_seed = seed if seed > 0 else 2**31 - 1 + seed
+        opts: dict[str, Any] = {"popsize": popsize, "seed": cma_seed, "verbose": -9, "verb_disp": 0,
+                                "verb_log": 0, "tolflatfitness": 10**9, "tolfun": 0, "tolx": 0}
+        if bounds is not None:
+            opts["bounds"] = [float(bounds[0]), float(bounds[1])]
+        self._rng: dict[str, Any] = {"rng": np.random.RandomState(cma_seed).get_state()}
+        with _own_global_rng(self._rng), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._es = cma.CMAEvolutionStrategy(dim * [0.0], sigma0, inopts=opts)
+        self.best_loss = float("inf")
+        self.best_z: np.ndarray | None = None
+
+    @property
+    def generation(self) -> int:
+        return int(self._es.countiter)
+
+    def ask(self) -> np.ndarray:
+        with _own_global_rng(self._rng):
+            return np.asarray(self._es.ask(), dtype=np.float64)
+
+    def tell(self, candidates: np.ndarray, losses: np.ndarray) -> None:
+        losses = np.asarray(losses, dtype=np.float64)
+        finite = np.isfinite(losses)
+        if not finite.any():
+            raise NonFiniteLossError(
+                f"every candidate of generation {self.generation + 1} had a non-finite loss; the model "
+                f"output is broken (try float32, a smaller sigma, or a different loss)"
+            )
+        if not finite.all():
+            losses = np.where(finite, losses, losses[finite].max() + 1.0)
+        i = int(np.argmin(losses))
+        if losses[i] < self.best_loss:
+            self.best_loss, self.best_z = float(losses[i]), np.array(candidates[i])
+        with _own_global_rng(self._rng), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._es.tell(list(candidates), losses.tolist())
+
+    @property
+    def sigma(self) -> float:
+        return float(self._es.sigma)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"generation": self.generation, "sigma": self.sigma, "best_loss": self.best_loss}

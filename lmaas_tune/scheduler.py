@@ -1,0 +1,110 @@
+"""Evaluate a population concurrently on a backend, with retries and exact budget accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import Backend, ScoringBatch
+from .errors import BackendError
+from .ledger import BudgetLedger
+
+log = logging.getLogger("lmaas_tune")
+
+
+class RetryableError(BackendError):
+    """A failure worth another attempt (the backend says so by raising a subclass of this)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``attempts`` tries per chunk, exponential backoff ``min(base * 2**n, cap)`` with full jitter."""
+
+    attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.base_delay * 2**attempt, self.max_delay))
+
+
+class PopulationScheduler:
+    """Fans a population out to a backend in chunks, at most ``concurrency`` at a time.
+
+    Chunks hold ``chunk_size`` candidates (default: what the backend takes in one call). Results
+    land by index, so the output is the same whatever the concurrency, the chunking or the order
+    responses arrive in. Charged evaluations commit one call per scored candidate to the ledger;
+    the caller reserves the calls first (see :meth:`BudgetLedger.reserve`).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        ledger: BudgetLedger,
+        *,
+        concurrency: int | None = None,
+        chunk_size: int | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        self.backend = backend
+        self.ledger = ledger
+        info = backend.info
+        self.concurrency = max(1, concurrency or info.max_concurrency)
+        self.chunk_size = chunk_size or info.max_prompts_per_call
+        self.retry = retry
+
+    async def evaluate(self, prompts: np.ndarray, batch: ScoringBatch, *, charged: bool = True) -> np.ndarray:
+        """Logits ``[P, N, C]``. With ``charged``, the P calls must already be reserved."""
+        n = len(prompts)
+        size = self.chunk_size or max(1, -(-n // self.concurrency))
+        bounds = [(i, min(i + size, n)) for i in range(0, n, size)]
+        gate = asyncio.Semaphore(self.concurrency)
+        results: list[np.ndarray | None] = [None] * len(bounds)
+
+        async def run(k: int, lo: int, hi: int) -> None:
+            async with gate:
+                results[k] = await self._attempt(prompts[lo:hi], batch)
+            if charged:
+                self.ledger.commit(hi - lo)
+            else:
+                self.ledger.uncharged_calls += hi - lo
+
+        tasks = [asyncio.ensure_future(run(k, lo, hi)) for k, (lo, hi) in enumerate(bounds)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if charged:
+                done = sum(hi - lo for (lo, hi), r in zip(bounds, results) if r is not None)
+                self.ledger.release(n - done)
+            raise
+        return np.concatenate([r for r in results if r is not None], axis=0)
+
+    async def _attempt(self, prompts: np.ndarray, batch: ScoringBatch) -> np.ndarray:
+        for attempt in range(self.retry.attempts):
+            self.ledger.attempts += 1
+            try:
+                out = await self.backend.score(prompts, batch)
+            except RetryableError as exc:
+                self.ledger.failures += 1
+                if attempt + 1 >= self.retry.attempts:
+                    raise
+                self.ledger.retries += 1
+                wait = self.retry.delay(attempt)
+                log.warning("scoring failed (%s); retry %d in %.1fs", exc, attempt + 1, wait)
+                await asyncio.sleep(wait)
+                continue
+            except Exception:
+                self.ledger.failures += 1
+                raise
+            expected = (len(prompts), len(batch), len(batch.label_words))
+            if out.shape != expected:
+                raise BackendError(f"backend returned logits of shape {out.shape}; expected {expected}")
+            return out
+        raise AssertionError("unreachable")
