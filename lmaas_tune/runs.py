@@ -11,6 +11,7 @@ Layout::
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -99,10 +100,9 @@ class RunDirectory:
         return out
 
     def save_best(self, best: dict[str, Any], prompt: np.ndarray) -> None:
-        buf = tempfile.SpooledTemporaryFile()
+        buf = io.BytesIO()
         np.save(buf, np.asarray(prompt, dtype=np.float32), allow_pickle=False)
-        buf.seek(0)
-        _atomic_write(self.path / BEST_PROMPT, buf.read())
+        _atomic_write(self.path / BEST_PROMPT, buf.getvalue())
         self.write_json(BEST, best)
 
     @property

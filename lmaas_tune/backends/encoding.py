@@ -45,7 +45,8 @@ def label_token_ids(tokenizer: Any, words: tuple[str, ...]) -> tuple[int, ...]:
     """First sub-token of each label word in its mid-sentence (leading space) form.
 
     Found as the tokens that ``"x <word>"`` adds to ``"x"``, which works for byte-level BPE (``Ġword``)
-    and SentencePiece (``▁word``) alike. Words that split are read by their first piece (logged);
+    and SentencePiece (``▁word``) alike. A leading bare-space piece is skipped. Words that split are
+    read by their first piece (logged);
     words whose first pieces collide are an error.
     """
     base = _plain_ids(tokenizer, "x")
@@ -53,6 +54,8 @@ def label_token_ids(tokenizer: Any, words: tuple[str, ...]) -> tuple[int, ...]:
     for word in words:
         full = _plain_ids(tokenizer, "x " + word)
         pieces = full[len(base):] if full[: len(base)] == base else _plain_ids(tokenizer, " " + word)
+        while len(pieces) > 1 and not tokenizer.decode(pieces[:1]).strip():
+            pieces = pieces[1:]  # a bare space piece ("Ġ", "▁") says nothing about the word
         if not pieces:
             raise VerbalizerError(f"label word {word!r} produced no tokens")
         if len(pieces) > 1:
@@ -72,7 +75,9 @@ def label_token_ids(tokenizer: Any, words: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def encode_batch(tokenizer: Any, kind: ModelKind, batch: ScoringBatch) -> EncodedBatch:
+def encode_batch(
+    tokenizer: Any, kind: ModelKind, batch: ScoringBatch, label_ids: tuple[int, ...] | None = None
+) -> EncodedBatch:
     """Masked: ``[CLS] prefix [MASK] suffix [SEP]``; causal: ``[BOS]? prefix``, read at the end."""
     ids: list[tuple[int, ...]] = []
     readout: list[int] = []
@@ -97,4 +102,6 @@ def encode_batch(tokenizer: Any, kind: ModelKind, batch: ScoringBatch) -> Encode
             ids.append(tuple(seq))
             readout.append(len(seq) - 1)
         insert_at = len(head)
-    return EncodedBatch(tuple(ids), np.array(readout, dtype=np.int64), insert_at, label_token_ids(tokenizer, batch.label_words))
+    if label_ids is None:
+        label_ids = label_token_ids(tokenizer, batch.label_words)
+    return EncodedBatch(tuple(ids), np.array(readout, dtype=np.int64), insert_at, label_ids)

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ConfigError, InputTooLongError
 from .base import Backend, BackendInfo, ModelKind, ScoringBatch, check_prompts
-from .encoding import EncodedBatch, encode_batch
+from .encoding import EncodedBatch, encode_batch, label_token_ids
 from .models import DEFAULT_MODEL, load_pretrained, resolve_model
 
 log = logging.getLogger("lmaas_tune")
@@ -72,6 +72,7 @@ class LocalBackend(Backend):
         self._token_budget = token_budget
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="lmaas-local")
         self._encoded: OrderedDict[str, EncodedBatch] = OrderedDict()
+        self._label_ids: dict[tuple[str, ...], tuple[int, ...]] = {}  # tokenised (and warned about) once
         param = next(model.parameters())
         self._device, self._dtype = param.device, param.dtype
         self._in_emb = model.get_input_embeddings()
@@ -132,7 +133,10 @@ class LocalBackend(Backend):
         """Tokenised form of a batch, cached by content hash (a few batches per run)."""
         enc = self._encoded.get(batch.key)
         if enc is None:
-            enc = encode_batch(self._tok, self._kind, batch)
+            words = batch.label_words
+            if words not in self._label_ids:
+                self._label_ids[words] = label_token_ids(self._tok, words)
+            enc = encode_batch(self._tok, self._kind, batch, self._label_ids[words])
             self._encoded[batch.key] = enc
             while len(self._encoded) > 8:
                 self._encoded.popitem(last=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from rich.console import Console
@@ -79,4 +78,5 @@ class Display:
 
 
 def make_console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, file=sys.stderr if stderr else None, highlight=False)
+    """A console that looks up sys.stdout/sys.stderr when it writes (so redirection works)."""
+    return Console(stderr=stderr, highlight=False)

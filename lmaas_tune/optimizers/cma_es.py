@@ -42,7 +42,9 @@ class CMAES(Optimizer):
         seed: int = 42,
         bounds: Sequence[float] | None = None,
     ) -> None:
-        import cma
+        with warnings.catch_warnings():  # pycma warns when matplotlib (its plotting) is absent
+            warnings.simplefilter("ignore")
+            import cma
 
         if popsize < 2:
             raise ConfigError(f"popsize must be at least 2; got {popsize}")

@@ -20,7 +20,8 @@ from .task import Task, custom_task
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """``name`` picks a registered task; the other fields override it, or define a custom task."""
+    """A registered task by ``name`` (the other fields override parts of it), or a custom task
+    (any other name, with template, label words and train/test files)."""
 
     name: str = "custom"
     template: str | None = None
@@ -35,12 +36,7 @@ class TaskSpec:
     def build(self) -> Task:
         if (self.train is None) != (self.test is None):
             raise ConfigError("give both --train-file and --test-file (or neither)")
-        if self.name != "custom":
-            if self.name not in TASKS:
-                raise ConfigError(
-                    TASKS.miss_message(self.name)
-                    + " For your own data use --task custom with --template, --label-words, --train-file and --test-file."
-                )
+        if self.name in TASKS:
             task = TASKS.get(self.name).with_format(self.template, self.label_words)
             if self.train is not None:
                 fields = (task.causal or task.masked).template.fields  # type: ignore[union-attr]
@@ -48,6 +44,11 @@ class TaskSpec:
                 cols.update(self.columns)
                 task = replace(task, source=TableSource(self.train, self.test or "", cols, self.label_column, tuple(self.labels or ())))
             return replace(task, metric=self.metric) if self.metric else task
+        if self.name != "custom" and not (self.template or self.train):
+            raise ConfigError(
+                TASKS.miss_message(self.name)
+                + " For your own data use --task custom with --template, --label-words, --train-file and --test-file."
+            )
         missing = [opt for opt, v in (("--template", self.template), ("--label-words", self.label_words),
                                       ("--train-file", self.train), ("--test-file", self.test)) if not v]
         if missing:
@@ -55,7 +56,7 @@ class TaskSpec:
         return custom_task(
             template=self.template or "", label_words=self.label_words or (), train=self.train or "",
             test=self.test or "", columns=dict(self.columns), label_column=self.label_column,
-            labels=self.labels, metric=self.metric or "accuracy",
+            labels=self.labels, metric=self.metric or "accuracy", name=self.name,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,8 +87,9 @@ class TaskSpec:
         extra = set(cfg) - allowed
         if extra:
             raise ConfigError(f"task file {str(p)!r}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
-        if isinstance(cfg.get("label_words"), str):
-            cfg["label_words"] = [w.strip() for w in cfg["label_words"].split(",")]
+        for key in ("label_words", "labels"):  # "a, b" strings, as on the command line
+            if isinstance(cfg.get(key), str):
+                cfg[key] = [w.strip() for w in cfg[key].split(",")]
         for key in ("train", "test"):
             if cfg.get(key) and not Path(cfg[key]).is_absolute():
                 cfg[key] = str((p.parent / cfg[key]).resolve())

@@ -1,0 +1,96 @@
+"""The CLI end to end on tiny models: typer's CliRunner for the commands, one real subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmaas_tune.cli import app
+
+runner = CliRunner()
+
+POS = ["it was a great movie", "a good movie , great fun", "great acting and a good plot", "what a great movie",
+       "good news , it was good", "a great , great movie", "the acting is good", "it was great fun"]
+NEG = ["it was a bad movie", "a terrible movie", "the plot was terrible", "bad acting and a bad ending",
+       "it was terrible", "the ending was bad", "a bad , bad movie", "terrible news , no"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    rows = [(s, "1") for s in POS] + [(s, "0") for s in NEG]
+    for name in ("train.tsv", "test.tsv"):
+        (d / name).write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+    return d
+
+
+def _custom(data_dir: Path, model_dir: Path) -> list[str]:
+    return ["--task", "custom", "--template", "{sentence} . It was {mask}", "--label-words", "bad,great",
+            "--train-file", str(data_dir / "train.tsv"), "--test-file", str(data_dir / "test.tsv"),
+            "--model", str(model_dir), "--device", "cpu"]
+
+
+TINY = ["--budget", "10", "--popsize", "4", "--prompt-length", "2", "--intrinsic-dim", "8", "--k-shot", "2",
+        "--eval-every", "4", "--seed", "3"]
+
+
+def test_tasks_lists_the_seven_paper_tasks() -> None:
+    res = runner.invoke(app, ["tasks", "--json"])
+    assert res.exit_code == 0, res.output
+    names = {row["task"] for row in json.loads(res.stdout)}
+    assert names == {"sst2", "yelpp", "agnews", "dbpedia", "mrpc", "rte", "snli"}
+
+
+def test_fit_unknown_task_is_a_usage_error_without_traceback() -> None:
+    res = runner.invoke(app, ["fit", "--task", "sst3"])
+    assert res.exit_code == 2
+    assert "unknown task 'sst3'" in res.output and "sst2" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_fit_rejects_budget_below_popsize(data_dir: Path, llama_dir: Path) -> None:
+    res = runner.invoke(app, ["fit", *_custom(data_dir, llama_dir), "--budget", "3", "--popsize", "4"])
+    assert res.exit_code == 2
+    assert "--budget (3) is smaller than --popsize (4)" in res.output
+
+
+def test_evaluate_custom_task_zero_shot(data_dir: Path, roberta_dir: Path) -> None:
+    args = ["evaluate", *_custom(data_dir, roberta_dir)]
+    args[args.index("{sentence} . It was {mask}")] = "{sentence} . It was {mask} ."
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["n"] == 16 and 0.0 <= payload["value"] <= 1.0 and payload["metric"] == "accuracy"
+
+
+def test_fit_then_evaluate_run_dir_reproduces_the_recorded_test_metric(data_dir: Path, llama_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    res = runner.invoke(app, ["fit", *_custom(data_dir, llama_dir), *TINY, "--output", str(run_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    fitted = json.loads(res.stdout)
+    assert fitted["calls"] == 10
+    history = (run_dir / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["calls"] for line in history] == [4, 8, 10]
+    res = runner.invoke(app, ["evaluate", str(run_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.stdout)
+    assert again["value"] == fitted["test"]["value"]
+    assert again["recorded"]["value"] == fitted["test"]["value"]
+    # the run directory refuses to be overwritten by another fit
+    res = runner.invoke(app, ["fit", *_custom(data_dir, llama_dir), *TINY, "--output", str(run_dir)])
+    assert res.exit_code == 2 and "already holds a run" in res.output
+
+
+def test_console_script_runs_as_a_real_process() -> None:
+    exe = shutil.which("lmaas-tune") or str(Path(sys.executable).parent / "lmaas-tune")
+    proc = subprocess.run([exe, "fit", "--task", "nope"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown task 'nope'" in proc.stderr
+    proc = subprocess.run([exe, "fit", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--prompt-length" in proc.stdout
