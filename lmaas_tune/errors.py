@@ -66,3 +66,83 @@ class RunDirectoryError(LmaasTuneError, OSError):
     """A run directory is missing, incomplete or holds a different run."""
 
     exit_code = 2
+
+
+class WireFormatError(LmaasTuneError, ValueError):
+    """A wire-protocol message is malformed; ``field`` names the offending part (a dotted path)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class RemoteError(BackendError):
+    """A remote scoring service did not score a request.
+
+    ``status_code`` is the HTTP status (``None`` when no response came back), ``code`` and
+    ``field`` come from the service's JSON error body, ``retry_after`` from its Retry-After header
+    (seconds). ``retryable`` says whether the remote backend tries again before giving up.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        endpoint: str | None = None,
+        code: str | None = None,
+        field: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.endpoint = endpoint
+        self.code = code
+        self.field = field
+        self.retry_after = retry_after
+
+
+class RateLimitError(RemoteError):
+    """HTTP 429: the service asks the client to slow down (honours Retry-After)."""
+
+    retryable = True
+
+
+class ServerError(RemoteError):
+    """HTTP 5xx: the service failed or is overloaded (503 may carry Retry-After)."""
+
+    retryable = True
+
+
+class RemoteTimeoutError(RemoteError, TimeoutError):
+    """No complete response within the client's timeout (or HTTP 408 from the service)."""
+
+    retryable = True
+
+
+class ConnectionLostError(RemoteError, ConnectionError):
+    """The connection could not be made, or closed before the response was complete."""
+
+    retryable = True
+
+
+class BadResponseError(RemoteError, ValueError):
+    """A response that does not follow the wire protocol (bad JSON, missing fields, wrong shape).
+
+    Retried like a transport error: it is never charged and never silently used.
+    """
+
+    retryable = True
+
+
+class RejectedError(RemoteError, ValueError):
+    """HTTP 4xx other than 408/429: the service refused the request as sent; not retried."""
+
+
+class AuthenticationError(RejectedError, PermissionError):
+    """HTTP 401/403: the bearer token is missing or wrong."""
+
+    exit_code = 2

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends.base import Backend, ScoringBatch
+from .backends.traffic import TrafficMeter, metering
 from .errors import BackendError
 from .ledger import BudgetLedger
+from .projection import Projection
 
 log = logging.getLogger("lmaas_tune")
 
@@ -39,6 +41,10 @@ class PopulationScheduler:
     land by index, so the output is the same whatever the concurrency, the chunking or the order
     responses arrive in. Charged evaluations commit one call per scored candidate to the ledger;
     the caller reserves the calls first (see :meth:`BudgetLedger.reserve`).
+
+    Attempts, retries, failures and bytes: a backend that reports its own transport traffic
+    (see :mod:`lmaas_tune.backends.traffic`; the remote backend does, one attempt per HTTP
+    request) is recorded as reported; otherwise each ``score`` call counts as one attempt.
     """
 
     def __init__(
@@ -57,8 +63,20 @@ class PopulationScheduler:
         self.chunk_size = chunk_size or info.max_prompts_per_call
         self.retry = retry
 
-    async def evaluate(self, prompts: np.ndarray, batch: ScoringBatch, *, charged: bool = True) -> np.ndarray:
-        """Logits ``[P, N, C]``. With ``charged``, the P calls must already be reserved."""
+    async def evaluate(
+        self,
+        prompts: np.ndarray,
+        batch: ScoringBatch,
+        *,
+        charged: bool = True,
+        z: np.ndarray | None = None,
+        projection: Projection | None = None,
+    ) -> np.ndarray:
+        """Logits ``[P, N, C]``. With ``charged``, the P calls must already be reserved.
+
+        With ``z`` and ``projection`` (``prompts == projection(z)``), chunks go through
+        :meth:`Backend.score_projected`, so a backend may send z instead of the prompts.
+        """
         n = len(prompts)
         size = self.chunk_size or max(1, -(-n // self.concurrency))
         bounds = [(i, min(i + size, n)) for i in range(0, n, size)]
@@ -67,7 +85,8 @@ class PopulationScheduler:
 
         async def run(k: int, lo: int, hi: int) -> None:
             async with gate:
-                results[k] = await self._attempt(prompts[lo:hi], batch)
+                zz = None if z is None else z[lo:hi]
+                results[k] = await self._attempt(prompts[lo:hi], batch, zz, projection)
             if charged:
                 self.ledger.commit(hi - lo)
             else:
@@ -86,13 +105,18 @@ class PopulationScheduler:
             raise
         return np.concatenate([r for r in results if r is not None], axis=0)
 
-    async def _attempt(self, prompts: np.ndarray, batch: ScoringBatch) -> np.ndarray:
+    async def _attempt(
+        self, prompts: np.ndarray, batch: ScoringBatch, z: np.ndarray | None, projection: Projection | None
+    ) -> np.ndarray:
         for attempt in range(self.retry.attempts):
-            self.ledger.attempts += 1
             try:
-                out = await self.backend.score(prompts, batch)
+                with metering() as meter:
+                    if z is not None and projection is not None:
+                        out = await self.backend.score_projected(z, projection, batch, prompts=prompts)
+                    else:
+                        out = await self.backend.score(prompts, batch)
             except RetryableError as exc:
-                self.ledger.failures += 1
+                self._record(meter, failed=True)
                 if attempt + 1 >= self.retry.attempts:
                     raise
                 self.ledger.retries += 1
@@ -100,11 +124,27 @@ class PopulationScheduler:
                 log.warning("scoring failed (%s); retry %d in %.1fs", exc, attempt + 1, wait)
                 await asyncio.sleep(wait)
                 continue
-            except Exception:
-                self.ledger.failures += 1
+            except asyncio.CancelledError:
+                self._record(meter, failed=False)
                 raise
+            except Exception:
+                self._record(meter, failed=True)
+                raise
+            self._record(meter, failed=False)
             expected = (len(prompts), len(batch), len(batch.label_words))
             if out.shape != expected:
                 raise BackendError(f"backend returned logits of shape {out.shape}; expected {expected}")
             return out
         raise AssertionError("unreachable")
+
+    def _record(self, meter: TrafficMeter, *, failed: bool) -> None:
+        led = self.ledger
+        if meter.attempts:  # the backend counted its own transport attempts
+            led.attempts += meter.attempts
+            led.retries += meter.retries
+            led.failures += meter.failures
+            led.bytes_up += meter.bytes_up
+            led.bytes_down += meter.bytes_down
+        else:
+            led.attempts += 1
+            led.failures += int(failed)

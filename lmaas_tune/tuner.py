@@ -75,6 +75,7 @@ class FitResult:
     dev: float
     train_loss: float
     test: Evaluation | None
+    manual: Evaluation | None
     calls: int
     wall_time: float
     ledger: dict[str, int]
@@ -102,6 +103,7 @@ class BlackBoxTuner:
         concurrency: int | None = None,
         callbacks: Sequence[Callable[[Event], None]] = (),
         evaluate_test: bool = True,
+        evaluate_manual: bool = False,
     ) -> None:
         self.task, self.backend, self.config = task, backend, config
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -109,6 +111,7 @@ class BlackBoxTuner:
         self.concurrency = concurrency
         self.callbacks = list(callbacks)
         self.evaluate_test = evaluate_test
+        self.evaluate_manual = evaluate_manual
 
     def _emit(self, event: Event) -> None:
         for cb in self.callbacks:
@@ -142,7 +145,8 @@ class BlackBoxTuner:
         while ledger.remaining > 0:
             population = opt.ask()
             n = ledger.reserve(len(population))
-            logits = await scheduler.evaluate(project(population[:n]), train.batch)
+            zs = np.asarray(population[:n])
+            logits = await scheduler.evaluate(project(zs), train.batch, z=zs, projection=project)
             losses = loss_fn(logits, train.labels)
             if n == len(population):
                 opt.tell(population, losses)
@@ -173,27 +177,33 @@ class BlackBoxTuner:
                 run.append_history(report.to_record())
             self._emit(report)
         assert best is not None and best_dev is not None
-        test_eval = None
+        test_eval = manual = None
         if self.evaluate_test:
             test_eval = await self._test(project(best.z)[0])
+            if self.evaluate_manual:
+                manual = await self._test(None)
         wall = time.perf_counter() - start
-        result = FitResult(best.z, spec, task.metric, best_dev, best.loss, test_eval, ledger.calls, wall,
+        result = FitResult(best.z, spec, task.metric, best_dev, best.loss, test_eval, manual, ledger.calls, wall,
                            ledger.to_dict(), run.path if run else None)
         if run:
             run.write_json(RESULT, {
                 "metric": task.metric, "dev": best_dev, "train_loss": best.loss,
-                "test": test_eval.to_dict() if test_eval else None, "calls": ledger.calls,
+                "test": test_eval.to_dict() if test_eval else None,
+                "manual_prompt_test": manual.to_dict() if manual else None, "calls": ledger.calls,
                 "wall_time_s": wall, "ledger": ledger.to_dict(),
                 "dropped": {"train": train.dropped, "dev": dev.dropped},
             })
         return result
 
     async def _dev_metric(self, scheduler: PopulationScheduler, project: Projection, z: np.ndarray, dev: LabelledBatch) -> float:
-        logits = await scheduler.evaluate(project(z), dev.batch, charged=False)
+        zs = np.atleast_2d(z)
+        logits = await scheduler.evaluate(project(zs), dev.batch, charged=False, z=zs, projection=project)
         return summarise(logits[0], dev, self.task.metric).value
 
-    async def _test(self, prompt: np.ndarray) -> Evaluation:
-        data = await prepare(self.backend, self.task, self.task.load("test"), len(prompt), what="test examples")
+    async def _test(self, prompt: np.ndarray | None) -> Evaluation:
+        """Score ``prompt`` (``None``: the manual template alone) on the test set."""
+        plen = 0 if prompt is None else len(prompt)
+        data = await prepare(self.backend, self.task, self.task.load("test"), plen, what="test examples")
         logits = await score_in_chunks(
             self.backend, prompt, data, progress=lambda d, t: self._emit(EvaluationProgress(d, t))
         )

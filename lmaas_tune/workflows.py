@@ -36,8 +36,12 @@ async def fit(
     output: str | Path | None,
     callbacks: Sequence[Callable[[Event], None]] = (),
     concurrency: int | None = None,
+    baseline: bool = True,
 ) -> FitResult:
-    """Tune a prompt with Black-Box Tuning and record the run in ``output``."""
+    """Tune a prompt with Black-Box Tuning and record the run in ``output``.
+
+    With ``baseline``, the manual template alone is scored on the same test set too.
+    """
     info = backend.info
     run_info = {
         "version": 1,
@@ -47,7 +51,7 @@ async def fit(
                   "dtype": info.dtype, "device": info.device},
     }
     tuner = BlackBoxTuner(spec.build(), backend, config, run_dir=output, run_info=run_info,
-                          callbacks=callbacks, concurrency=concurrency)
+                          callbacks=callbacks, concurrency=concurrency, evaluate_manual=baseline)
     return await tuner.fit()
 
 

@@ -29,8 +29,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..projection import Projection
 
 
 class ModelKind(str, Enum):
@@ -114,6 +118,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
         """Label-word logits ``[P, N, C]`` (float32) for prompts ``[P, L, D]`` on ``batch``."""
+
+    async def score_projected(
+        self, z: np.ndarray, projection: "Projection", batch: ScoringBatch, *, prompts: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Logits for the prompts ``projection(z)`` (``z`` is ``[P, d]``); otherwise as :meth:`score`.
+
+        ``prompts``, when given, must equal ``projection(z)`` (the caller's own projection, passed
+        so it is not computed twice). A backend that can rebuild the projection elsewhere (a
+        server, from ``projection.spec``) may send ``z`` instead of the prompts; by default the
+        prompts are scored here.
+        """
+        return await self.score(projection(z) if prompts is None else prompts, batch)
 
     @abc.abstractmethod
     async def token_lengths(self, batch: ScoringBatch) -> tuple[int, ...]:

@@ -13,7 +13,13 @@ from .models import DEFAULT_MODEL
 
 @dataclass(frozen=True)
 class BackendSettings:
-    """Which backend, which model, where and in what precision. Stored in run directories."""
+    """Which backend, which model, where and in what precision. Stored in run directories.
+
+    The remote backend reads ``endpoints`` (service URLs sharing each population), the name of
+    the environment variable holding its bearer token (``token_env``; the token itself is never
+    stored), the upload mode and its per-endpoint limits; ``model``/``device``/``dtype`` are the
+    service's business then.
+    """
 
     backend: str = "local"
     model: str = DEFAULT_MODEL
@@ -21,6 +27,16 @@ class BackendSettings:
     dtype: str = "auto"
     kind: str | None = None
     token_budget: int = 2048
+    endpoints: tuple[str, ...] = ()
+    token_env: str | None = None
+    upload: str = "auto"
+    max_in_flight: int = 4
+    requests_per_second: float | None = None
+    tokens_per_minute: float | None = None
+    timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoints", tuple(self.endpoints))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,8 +55,20 @@ def _local(settings: BackendSettings) -> Backend:
     )
 
 
+def _remote(settings: BackendSettings) -> Backend:
+    from .ratelimit import EndpointLimits
+    from .remote import RemoteBackend, Timeouts, token_from_env
+
+    return RemoteBackend.open(
+        settings.endpoints, token=token_from_env(settings.token_env), upload=settings.upload,
+        limits=EndpointLimits(settings.max_in_flight, settings.requests_per_second, None, settings.tokens_per_minute),
+        timeouts=Timeouts(request=settings.timeout_s),
+    )
+
+
 BACKENDS: Registry[Callable[[BackendSettings], Backend]] = Registry("backend")
 BACKENDS.add("local", _local)
+BACKENDS.add("remote", _remote)
 
 
 def open_backend(settings: BackendSettings) -> Backend:

@@ -20,7 +20,7 @@ from .. import workflows
 from ..backends.factory import BACKENDS, BackendSettings, open_backend
 from ..backends.models import DEFAULT_MODEL, EMBEDDED
 from ..config import PRESETS, TuneConfig
-from ..errors import LmaasTuneError
+from ..errors import ConfigError, LmaasTuneError
 from ..tasks.catalog import TASKS
 from ..tasks.spec import TaskSpec
 from .display import Display, make_console
@@ -85,6 +85,8 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help=f"Embedded name ({'
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16, float16.")]
 KindOpt = Annotated[Optional[str], typer.Option("--model-kind", help="Override detection: masked or causal.")]
+EndpointOpt = Annotated[Optional[list[str]], typer.Option("--endpoint", help="Remote backend: URL of an `lmaas-tune serve` service (repeatable: the endpoints share each population). Implies --backend remote.")]
+TokenEnvOpt = Annotated[Optional[str], typer.Option("--token-env", help="Remote backend: environment variable holding the bearer token (default: LMAAS_TUNE_TOKEN when set).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
@@ -106,9 +108,19 @@ def _task_spec(task: str, template: str | None, label_words: str | None, train: 
     return spec
 
 
+def _settings(backend: str, model: str, device: str, dtype: str, kind: str | None,
+              endpoints: list[str] | None, token_env: str | None) -> BackendSettings:
+    if endpoints and backend == "local":
+        backend = "remote"
+    if backend == "remote" and not endpoints:
+        raise ConfigError("--backend remote needs at least one --endpoint URL (from `lmaas-tune serve`)")
+    return BackendSettings(backend, model, device, dtype, kind, endpoints=tuple(endpoints or ()), token_env=token_env)
+
+
 def _open(settings: BackendSettings, display: Display) -> Any:
     start = time.perf_counter()
-    display.note(f"loading {settings.model} ({settings.backend} backend)...")
+    what = ", ".join(settings.endpoints) if settings.endpoints else settings.model
+    display.note(f"loading {what} ({settings.backend} backend)...")
     backend = open_backend(settings)
     info = backend.info
     display.note(f"loaded {info.model_id}: {info.kind.value} LM, hidden {info.hidden_size}, "
@@ -159,6 +171,8 @@ def evaluate_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     model_kind: KindOpt = None,
+    endpoint: EndpointOpt = None,
+    token_env: TokenEnvOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -168,11 +182,14 @@ def evaluate_cmd(
     saved = None
     if run_dir is not None:
         saved = workflows.SavedRun.load(run_dir)
-        settings = BackendSettings.from_dict({**saved.settings.to_dict(), "device": device})
+        overrides: dict[str, Any] = {"device": device}
+        if endpoint:  # the service moved: score the run's prompt on these endpoints
+            overrides.update(backend="remote", endpoints=tuple(endpoint), token_env=token_env)
+        settings = BackendSettings.from_dict({**saved.settings.to_dict(), **overrides})
         spec = saved.task
     else:
         spec = _task_spec(task, template, label_words, train_file, test_file, column, label_column, labels, task_file)
-        settings = BackendSettings(backend, model, device, dtype, model_kind)
+        settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env)
 
     async def run() -> Any:
         be = _open(settings, display)
@@ -216,6 +233,8 @@ def fit_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     model_kind: KindOpt = None,
+    endpoint: EndpointOpt = None,
+    token_env: TokenEnvOpt = None,
     preset: Annotated[str, typer.Option(help="Starting settings: " + "; ".join(f"{n}: {p.description}" for n, p in PRESETS.items()) + ".")] = "paper",
     seed: Annotated[Optional[int], typer.Option(help="Seeds the few-shot split, the projection and CMA-ES (paper: 42).")] = None,
     budget: Annotated[Optional[int], typer.Option(help="API calls (candidates scored on the train set); paper: 8000.")] = None,
@@ -229,6 +248,7 @@ def fit_cmd(
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Calls between dev checks; paper: 100.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (default: runs/TASK-MODEL-sSEED-TIME).")] = None,
     concurrency: Annotated[Optional[int], typer.Option(help="Score calls in flight at once (default: what the backend says).")] = None,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also score the manual prompt on the test set, for comparison.")] = True,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -238,7 +258,7 @@ def fit_cmd(
         seed=seed, budget=budget, popsize=popsize, prompt_length=prompt_length, intrinsic_dim=intrinsic_dim,
         sigma0=sigma, alpha=alpha, loss=loss, k_shot=k_shot, eval_every=eval_every,
     )
-    settings = BackendSettings(backend, model, device, dtype, model_kind)
+    settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env)
     if output is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         output = Path("runs") / f"{spec.name}-{Path(model).stem}-s{config.seed}-{stamp}"
@@ -253,19 +273,61 @@ def fit_cmd(
         async with be:
             with display:
                 return await workflows.fit(spec, be, settings, config, output=output, callbacks=[display],
-                                           concurrency=concurrency)
+                                           concurrency=concurrency, baseline=baseline)
 
     result = asyncio.run(run())
-    test = result.test
+    test, manual = result.test, result.manual
     payload = {"run_dir": str(result.run_dir), "metric": result.metric, "dev": result.dev,
-               "test": test.to_dict() if test else None, "calls": result.calls,
-               "wall_time_s": round(result.wall_time, 2)}
+               "test": test.to_dict() if test else None, "manual_prompt_test": manual.to_dict() if manual else None,
+               "calls": result.calls, "wall_time_s": round(result.wall_time, 2)}
     if json_out:
         out.print_json(json.dumps(payload))
         return
-    out.print(f"best dev {result.metric}: {result.dev:.4f}; test {result.metric}: "
-              f"{test.value if test else float('nan'):.4f} ({test.n if test else 0} examples); "
+    assert test is not None
+    versus = f" (manual prompt: {manual.value:.4f}, {100 * (test.value - manual.value):+.1f} points)" if manual else ""
+    out.print(f"test {result.metric}: {test.value:.4f} on {test.n} examples{versus}; best dev {result.dev:.4f}; "
               f"{result.calls} calls in {result.wall_time:.0f} s; run saved in {result.run_dir}")
+
+
+@app.command("serve")
+@handled
+def serve_cmd(
+    model: ModelOpt = DEFAULT_MODEL,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    model_kind: KindOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed at start).")] = 8080,
+    token_file: Annotated[Optional[Path], typer.Option("--token-file", help="File whose first line is the bearer token clients must send.")] = None,
+    token_env: Annotated[Optional[str], typer.Option("--token-env", help="Environment variable holding the bearer token.")] = None,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body accepted (413 beyond).")] = 32.0,
+    max_prompts: Annotated[int, typer.Option("--max-prompts", help="Candidates one request may carry.")] = 256,
+    batch_window_ms: Annotated[float, typer.Option("--batch-window-ms", help="How long a request waits for others to share its forward pass.")] = 5.0,
+    max_batch_prompts: Annotated[int, typer.Option("--max-batch-prompts", help="Candidates in one shared forward pass.")] = 64,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Candidates waiting or running before requests get 503 + Retry-After.")] = 1024,
+) -> None:
+    """Serve a model over HTTP, for `fit --backend remote --endpoint URL` (stop with Ctrl-C: in-flight requests finish)."""
+    from ..server import ServerConfig, resolve_token, serve
+
+    config = ServerConfig(
+        host=host, port=port, token=resolve_token(token_file, token_env), max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_prompts_per_request=max_prompts, batch_window_s=batch_window_ms / 1000.0,
+        max_batch_prompts=max_batch_prompts, max_queue_prompts=max_queue,
+    )
+    settings = BackendSettings("local", model, device, dtype, model_kind)
+    display = Display(err, quiet=False)
+
+    async def run() -> None:
+        be = _open(settings, display)
+        async with be:
+            def ready(url: str) -> None:
+                auth = "bearer token required" if config.token else "no token (loopback only)"
+                err.print(f"serving {be.info.model_id} on {url} ({auth}); Ctrl-C to stop", highlight=False, soft_wrap=True)
+
+            await serve(be, config, on_ready=ready)
+        err.print("stopped", highlight=False)
+
+    asyncio.run(run())
 
 
 def main() -> None:

@@ -1,0 +1,410 @@
+"""A backend that scores prompts on one or more ``lmaas-tune serve`` services over HTTP.
+
+The wire protocol is :mod:`lmaas_tune.backends.wire` (``docs/protocol.md``). One
+``aiohttp.ClientSession`` (keep-alive, explicit connect and request timeouts) serves every
+endpoint; each endpoint has its own :class:`EndpointGate` (concurrency cap, request and token
+buckets). Calls are spread over the endpoints by free capacity, so several services share one
+population; a retry prefers another endpoint than the one that just failed.
+
+Retries (:mod:`.retrying`) happen here, per HTTP request, with tenacity; every attempt, retry,
+failure and byte is reported on the caller's traffic meter (:mod:`.traffic`), which the
+population scheduler adds to the budget ledger. Scoring is idempotent, so retrying a request
+whose answer was lost is safe; the ledger charges a candidate only once its logits are back.
+
+Malformed responses (the decision): a 2xx answer that is not JSON, misses a field, names another
+batch, has the wrong shape or dtype, or is truncated is a :class:`BadResponseError`. It is retried
+like a transport error (a proxy or a dying worker is the likely cause), never used and never
+charged; when the attempts run out the error reaches the caller. NaN or infinite logits in a
+well-formed answer are the model's output and are passed on (the loss decides what they mean).
+
+Batches are registered once per endpoint (``PUT /v1/batches/{key}``) and scored by content hash;
+a service that lost a batch (restart, eviction) answers ``unknown_batch`` and the batch is sent
+again. Upload modes: ``embeddings`` sends the prompts; ``projection`` sends z and the projection
+spec (the service rebuilds the same prompts; about d instead of L*D numbers per candidate);
+``auto`` uses projection where every endpoint supports it and the projection has no base prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import numpy as np
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from .. import __version__
+from ..errors import BadResponseError, ConfigError, RejectedError, RemoteError, WireFormatError
+from ..projection import Projection, ProjectionSpec
+from .base import Backend, BackendInfo, ScoringBatch, check_prompts
+from .ratelimit import EndpointGate, EndpointLimits, Sleep
+from .remote_http import exchange
+from .retrying import RetryConfig
+from .traffic import record_traffic
+from .wire import (
+    DTYPES, PROTOCOL_VERSION, ServiceInfo, check_protocol, decode_array, encode_array, encode_batch, encode_spec, require,
+)
+
+log = logging.getLogger("lmaas_tune")
+T = TypeVar("T")
+
+DEFAULT_TOKEN_ENV = "LMAAS_TUNE_TOKEN"
+UPLOADS = ("auto", "embeddings", "projection")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to open a connection, and for a whole request (sending, waiting, reading)."""
+
+    connect: float = 10.0
+    request: float = 120.0
+
+
+class _Endpoint:
+    """One service URL: its gate, its description and the batches it holds."""
+
+    def __init__(self, url: str, limits: EndpointLimits, sleep: Sleep) -> None:
+        self.url = url
+        self.gate = EndpointGate(limits, sleep=sleep)
+        self.service: ServiceInfo | None = None
+        self.registered: set[str] = set()
+        self.registering = asyncio.Lock()
+        self.uses = 0
+
+
+def token_from_env(name: str | None) -> str | None:
+    """The bearer token in environment variable ``name`` (default ``LMAAS_TUNE_TOKEN``, optional)."""
+    if name is None:
+        return os.environ.get(DEFAULT_TOKEN_ENV) or None
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"--token-env {name}: that environment variable is not set (or empty); export the token first")
+    return value
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"endpoint {url!r} is not an http(s) URL; use e.g. http://127.0.0.1:8080")
+    return url.rstrip("/")
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+class RemoteBackend(Backend):
+    """Scores prompts on remote services; see the module docstring.
+
+    Construct, then describe the services with ``await backend.connect()`` (or ``async with``),
+    or use the blocking :meth:`open`. ``sleep`` replaces the retry and rate-limit sleeps (tests).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        token: str | None = None,
+        limits: EndpointLimits = EndpointLimits(),
+        retry: RetryConfig = RetryConfig(),
+        timeouts: Timeouts = Timeouts(),
+        upload: str = "auto",
+        wire_dtype: str = "float32",
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if not endpoints:
+            raise ConfigError("the remote backend needs at least one endpoint URL (--endpoint)")
+        if upload not in UPLOADS:
+            raise ConfigError(f"upload must be one of {UPLOADS}; got {upload!r}")
+        if wire_dtype not in DTYPES:
+            raise ConfigError(f"wire dtype must be one of {sorted(DTYPES)}; got {wire_dtype!r}")
+        urls = [_check_url(u) for u in endpoints]
+        if len(set(urls)) != len(urls):
+            raise ConfigError(f"an endpoint is listed twice: {urls}")
+        self._eps = [_Endpoint(u, limits, sleep) for u in urls]
+        self._retry, self._timeouts, self._upload, self._dtype = retry, timeouts, upload, wire_dtype
+        self._sleep, self._rng = sleep, random.Random()
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
+                         "User-Agent": f"lmaas-tune/{__version__}"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._info: BackendInfo | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._lengths: dict[str, tuple[int, ...]] = {}
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, endpoints: Sequence[str], **kwargs: Any) -> "RemoteBackend":
+        """Blocking: describe the services (in a helper thread with its own event loop)."""
+        backend = cls(endpoints, **kwargs)
+
+        async def describe() -> None:
+            async with backend._new_session() as session:
+                await backend._describe(session)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="lmaas-remote-open") as pool:
+            pool.submit(asyncio.run, describe()).result()
+        return backend
+
+    async def connect(self) -> "RemoteBackend":
+        """Fetch ``/v1/info`` from every endpoint and check they serve the same model.
+
+        If that fails the backend is closed (nothing stays open) and the error is raised.
+        """
+        try:
+            await self._describe(self._client())
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aenter__(self) -> "RemoteBackend":
+        if self._info is None:
+            await self.connect()
+        return self
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(e.url for e in self._eps)
+
+    @property
+    def upload_mode(self) -> str:
+        """``embeddings`` or ``projection``, once connected."""
+        self.info  # noqa: B018 - raises when not connected
+        return self._upload
+
+    @property
+    def info(self) -> BackendInfo:
+        if self._info is None:
+            raise ConfigError("the remote backend is not connected; use `await backend.connect()` or RemoteBackend.open()")
+        return self._info
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        slots = sum(e.gate.limits.max_in_flight for e in self._eps)
+        connector = aiohttp.TCPConnector(limit=slots + len(self._eps), keepalive_timeout=30.0)
+        timeout = aiohttp.ClientTimeout(total=self._timeouts.request, connect=self._timeouts.connect)
+        return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._headers)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ConfigError("this remote backend is closed")
+        if self._session is None:
+            self._session = self._new_session()
+        return self._session
+
+    async def _describe(self, session: aiohttp.ClientSession) -> None:
+        async def fetch(ep: _Endpoint) -> ServiceInfo:
+            answer = await exchange(session, "GET", ep.url + "/v1/info")
+            try:
+                return ServiceInfo.from_wire(answer)
+            except WireFormatError as exc:
+                raise BadResponseError(f"GET {ep.url}/v1/info: {exc}", endpoint=ep.url) from None
+
+        services = [await self._call("describe", fetch, pinned=ep) for ep in self._eps]
+        first = services[0].model
+        for ep, svc in zip(self._eps, services):
+            m = svc.model
+            if (m.model_id, m.kind, m.hidden_size, m.embedding_std, m.max_length) != (
+                    first.model_id, first.kind, first.hidden_size, first.embedding_std, first.max_length):
+                raise ConfigError(f"{ep.url} serves {m.model_id} ({m.kind.value}, hidden {m.hidden_size}) but "
+                                  f"{self._eps[0].url} serves {first.model_id}; every endpoint must serve the same model")
+            if self._dtype not in svc.dtypes:
+                raise ConfigError(f"{ep.url} does not accept {self._dtype} arrays (it takes {list(svc.dtypes)})")
+            ep.service = svc
+        projection_ok = all("projection" in s.upload_modes for s in services)
+        if self._upload == "projection" and not projection_ok:
+            raise ConfigError("upload 'projection' needs every endpoint to rebuild projections; use 'embeddings'")
+        if self._upload == "auto":
+            self._upload = "projection" if projection_ok else "embeddings"
+        self._info = BackendInfo(
+            model_id=first.model_id, kind=first.kind, hidden_size=first.hidden_size, num_layers=first.num_layers,
+            embedding_std=first.embedding_std, max_length=first.max_length, device="remote", dtype=first.dtype,
+            max_concurrency=sum(e.gate.limits.max_in_flight for e in self._eps), max_prompts_per_call=None,
+            supports_projection=projection_ok,
+            extra={"endpoints": " ".join(self.endpoints), "upload": self._upload},
+        )
+
+    # -- retries and routing --------------------------------------------------------------------
+
+    async def _call(self, what: str, fn: Callable[[_Endpoint], Awaitable[T]], *, pinned: _Endpoint | None = None) -> T:
+        """``fn(endpoint)``, retried on retryable failures, moving to another endpoint where there is one."""
+        failed: list[_Endpoint] = []
+
+        def before_sleep(state: RetryCallState) -> None:
+            record_traffic(retries=1)
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning("%s failed (%s); retry %d of %d in %.2f s", what, exc, state.attempt_number,
+                        self._retry.max_attempts - 1, wait)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry.max_attempts), wait=self._wait, sleep=self._sleep,
+            retry=retry_if_exception(lambda e: isinstance(e, RemoteError) and e.retryable),
+            before_sleep=before_sleep, reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                ep = pinned or self._pick(failed[-1] if failed else None)
+                try:
+                    return await fn(ep)
+                except RemoteError:
+                    record_traffic(failures=1)
+                    failed.append(ep)
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover - reraise=True raises the last error
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return self._retry.delay(state.attempt_number, getattr(exc, "retry_after", None), self._rng)
+
+    def _pick(self, avoid: _Endpoint | None) -> _Endpoint:
+        pool = [e for e in self._eps if e is not avoid] or self._eps
+        ep = max(pool, key=lambda e: (e.gate.free, -e.uses))
+        ep.uses += 1
+        return ep
+
+    async def _send(self, ep: _Endpoint, method: str, path: str, payload: bytes | None, tokens: int = 0) -> dict[str, Any]:
+        async with ep.gate.admit(tokens):
+            return await exchange(self._client(), method, ep.url + path, payload)
+
+    # -- batches ----------------------------------------------------------------------------------
+
+    async def _register(self, ep: _Endpoint, batch: ScoringBatch) -> None:
+        if batch.key in ep.registered:
+            return
+        async with ep.registering:
+            if batch.key in ep.registered:
+                return
+            answer = await self._send(ep, "PUT", f"/v1/batches/{batch.key}",
+                                      _dumps({"protocol": PROTOCOL_VERSION, "batch": encode_batch(batch)}))
+            try:
+                if require(answer, "batch_key", "", str) != batch.key:
+                    raise WireFormatError("batch_key", "does not match the batch sent")
+                lengths = tuple(int(x) for x in require(answer, "token_lengths", "", list))
+                if len(lengths) != len(batch):
+                    raise WireFormatError("token_lengths", f"holds {len(lengths)} lengths for {len(batch)} queries")
+            except (WireFormatError, TypeError, ValueError) as exc:
+                raise BadResponseError(f"PUT {ep.url}/v1/batches: malformed answer: {exc}", endpoint=ep.url) from None
+            self._lengths[batch.key] = lengths
+            ep.registered.add(batch.key)
+
+    async def token_lengths(self, batch: ScoringBatch) -> tuple[int, ...]:
+        if batch.key not in self._lengths:
+            parts = self._query_parts(batch)
+            if len(parts) > 1:  # more queries than a service takes at once: register the parts
+                lengths: list[int] = []
+                for part in parts:
+                    lengths.extend(await self.token_lengths(part))
+                self._lengths[batch.key] = tuple(lengths)
+            else:
+                await self._call("registering a batch", lambda ep: self._register(ep, batch))
+        return self._lengths[batch.key]
+
+    def _query_parts(self, batch: ScoringBatch) -> list[ScoringBatch]:
+        """``batch`` split into pieces the services accept (``max_queries_per_batch``)."""
+        step = min(e.service.limits.max_queries_per_batch for e in self._eps if e.service is not None)
+        if len(batch) <= step:
+            return [batch]
+        return [batch.subset(range(lo, min(lo + step, len(batch)))) for lo in range(0, len(batch), step)]
+
+    # -- scoring ------------------------------------------------------------------------------------
+
+    async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
+        arr = check_prompts(prompts, self.info)
+        if arr is not None and arr.shape[1] == 0:
+            arr = None
+        if arr is None:
+            pieces = self._query_parts(batch)
+            outs = [await self._score_part(piece, {"prompts": None}, 1, 0) for piece in pieces]
+            return np.concatenate(outs, axis=1)
+        return await self._score_rows(batch, arr, lambda rows: {"prompts": encode_array(rows, self._dtype)}, arr.shape[1])
+
+    async def score_projected(
+        self, z: np.ndarray, projection: Projection, batch: ScoringBatch, *, prompts: np.ndarray | None = None
+    ) -> np.ndarray:
+        spec = projection.spec
+        if self.upload_mode != "projection" or projection.base_prompt is not None or not self._fits(spec):
+            return await super().score_projected(z, projection, batch, prompts=prompts)
+        if spec.hidden_size != self.info.hidden_size:
+            raise ConfigError(f"projection hidden size {spec.hidden_size} does not match the model's {self.info.hidden_size}")
+        zz = np.atleast_2d(np.asarray(z, dtype=np.float32))
+        if zz.ndim != 2 or zz.shape[1] != spec.intrinsic_dim:
+            raise ConfigError(f"z has shape {zz.shape}; the projection expects [P, {spec.intrinsic_dim}]")
+        wire_spec = encode_spec(spec)
+        return await self._score_rows(
+            batch, zz, lambda rows: {"z": encode_array(rows, self._dtype), "projection": wire_spec}, spec.prompt_length)
+
+    def _fits(self, spec: ProjectionSpec) -> bool:
+        return all(e.service is not None and spec.nbytes <= e.service.limits.max_projection_bytes for e in self._eps)
+
+    def _rows_per_request(self, row_values: int) -> int:
+        limits = [e.service.limits for e in self._eps if e.service is not None]
+        by_count = min(lim.max_prompts_per_request for lim in limits)
+        row_bytes = 4 * row_values * DTYPES[self._dtype].itemsize // 3 + 8  # base64 of one row
+        by_bytes = (min(lim.max_body_bytes for lim in limits) - 16_384) // row_bytes
+        return max(1, min(by_count, by_bytes))
+
+    async def _score_rows(
+        self, batch: ScoringBatch, rows: np.ndarray, fields: Callable[[np.ndarray], dict[str, Any]], plen: int
+    ) -> np.ndarray:
+        """Candidates in requests of at most what a service takes, sent together, joined in order."""
+        step = self._rows_per_request(int(np.prod(rows.shape[1:])))
+        spans = [(lo, min(lo + step, len(rows))) for lo in range(0, len(rows), step)]
+        pieces = self._query_parts(batch)
+        if len(spans) == 1 and len(pieces) == 1:
+            return await self._score_part(batch, fields(rows), len(rows), plen)
+        async with asyncio.TaskGroup() as group:
+            grid = [[group.create_task(self._score_part(piece, fields(rows[lo:hi]), hi - lo, plen)) for piece in pieces]
+                    for lo, hi in spans]
+        return np.concatenate([np.concatenate([t.result() for t in row], axis=1) for row in grid], axis=0)
+
+    async def _score_part(self, batch: ScoringBatch, fields: dict[str, Any], n: int, plen: int) -> np.ndarray:
+        payload = _dumps({"protocol": PROTOCOL_VERSION, "batch_key": batch.key, **fields})
+        expected = (n, len(batch), len(batch.label_words))
+
+        async def once(ep: _Endpoint) -> np.ndarray:
+            await self._register(ep, batch)
+            tokens = n * (sum(self._lengths[batch.key]) + plen * len(batch))
+            try:
+                answer = await self._send(ep, "POST", "/v1/score", payload, tokens)
+            except RejectedError as exc:
+                if exc.code != "unknown_batch":
+                    raise
+                log.info("%s forgot batch %s; sending it again", ep.url, batch.key[:12])
+                record_traffic(failures=1, retries=1)
+                ep.registered.discard(batch.key)
+                await self._register(ep, batch)
+                answer = await self._send(ep, "POST", "/v1/score", payload, tokens)
+            return _read_logits(answer, batch.key, expected, ep.url)
+
+        return await self._call("scoring", once)
+
+    async def aclose(self) -> None:
+        """Close the session and its connections. Idempotent; the backend cannot be used afterwards."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _read_logits(answer: dict[str, Any], key: str, expected: tuple[int, int, int], url: str) -> np.ndarray:
+    try:
+        check_protocol(answer)
+        if answer.get("batch_key") != key:
+            raise WireFormatError("batch_key", "does not name the batch that was sent")
+        logits = decode_array(require(answer, "logits", "", dict), "logits", ndim=3, finite=False)
+        if logits.shape != expected:
+            raise WireFormatError("logits.shape", f"is {list(logits.shape)}; expected {list(expected)}")
+    except WireFormatError as exc:
+        raise BadResponseError(f"POST {url}/v1/score: malformed answer: {exc}", status_code=200, endpoint=url) from None
+    return logits
