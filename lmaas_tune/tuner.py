@@ -58,10 +58,11 @@ class GenerationReport:
 
 @dataclass(frozen=True)
 class EvaluationProgress:
-    """Progress of the final test evaluation."""
+    """Progress of a final test evaluation (``what``: "test" for the tuned prompt, "manual" for none)."""
 
     done: int
     total: int
+    what: str = "test"
 
 
 Event = GenerationReport | EvaluationProgress
@@ -205,7 +206,8 @@ class BlackBoxTuner:
         plen = 0 if prompt is None else len(prompt)
         data = await prepare(self.backend, self.task, self.task.load("test"), plen, what="test examples")
         logits = await score_in_chunks(
-            self.backend, prompt, data, progress=lambda d, t: self._emit(EvaluationProgress(d, t))
+            self.backend, prompt, data,
+            progress=lambda d, t: self._emit(EvaluationProgress(d, t, "test" if prompt is not None else "manual")),
         )
         return summarise(logits, data, self.task.metric)
 

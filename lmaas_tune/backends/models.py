@@ -106,10 +106,23 @@ def _gguf_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _conversion_target(gguf: Path) -> Path:
+    return cache_root() / "models" / f"{gguf.stem}-{_gguf_fingerprint(gguf)}"
+
+
+def _is_converted(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
+def needs_conversion(source: ModelSource) -> bool:
+    """Whether loading ``source`` will first de-quantise a GGUF file (tens of seconds, once)."""
+    return source.origin in ("embedded", "gguf") and not _is_converted(_conversion_target(Path(source.location)))
+
+
 def converted_gguf_dir(gguf: Path) -> Path:
     """De-quantise a GGUF file once into the cache as a normal transformers directory."""
-    target = cache_root() / "models" / f"{gguf.stem}-{_gguf_fingerprint(gguf)}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    target = _conversion_target(gguf)
+    if _is_converted(target):
         return target
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

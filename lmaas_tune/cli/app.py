@@ -18,7 +18,7 @@ from rich.table import Table
 
 from .. import workflows
 from ..backends.factory import BACKENDS, BackendSettings, open_backend
-from ..backends.models import DEFAULT_MODEL, EMBEDDED
+from ..backends.models import DEFAULT_MODEL, EMBEDDED, cache_root, needs_conversion, resolve_model
 from ..config import PRESETS, TuneConfig
 from ..errors import ConfigError, LmaasTuneError
 from ..tasks.catalog import TASKS
@@ -121,6 +121,11 @@ def _open(settings: BackendSettings, display: Display) -> Any:
     start = time.perf_counter()
     what = ", ".join(settings.endpoints) if settings.endpoints else settings.model
     display.note(f"loading {what} ({settings.backend} backend)...")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress display is enough
+    if not settings.endpoints and settings.backend == "local" and needs_conversion(resolve_model(settings.model)):
+        display.note(f"first use of {settings.model}: de-quantising its GGUF file once into {cache_root()} (about 20-30 s)")
     backend = open_backend(settings)
     info = backend.info
     display.note(f"loaded {info.model_id}: {info.kind.value} LM, hidden {info.hidden_size}, "
@@ -195,7 +200,7 @@ def evaluate_cmd(
         be = _open(settings, display)
         async with be:
             with display:
-                progress = lambda d, t: display.bar("test", d, t) if display.live else None  # noqa: E731
+                progress = display.evaluation_progress
                 if saved is not None:
                     return await workflows.evaluate_run(saved, be, progress=progress)
                 return await workflows.zero_shot(spec, be, progress=progress)

@@ -67,16 +67,16 @@ class Display:
                 status = f"loss {event.best_loss:.4f} | train {event.train_accuracy:.3f} | dev {_fmt(event.best_dev)} | {event.calls_per_s:.2f} calls/s"
                 self.bar("tuning", event.calls, event.budget, status)
         elif isinstance(event, EvaluationProgress):
-            self.evaluation_progress(event.done, event.total)
+            self.evaluation_progress(event.done, event.total, event.what)
 
-    def evaluation_progress(self, done: int, total: int) -> None:
+    def evaluation_progress(self, done: int, total: int, what: str = "test") -> None:
         if self._progress is None:
             if done == total:
-                self.note(f"scored {total} test examples")
+                self.note(f"{what}: scored {total} examples")
         else:
-            self.bar("test", done, total)
+            self.bar(what, done, total)
 
 
 def make_console(stderr: bool = False) -> Console:
     """A console that looks up sys.stdout/sys.stderr when it writes (so redirection works)."""
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
