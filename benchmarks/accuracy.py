@@ -74,7 +74,9 @@ async def main() -> None:
     args = ap.parse_args()
     config = PRESETS.get(args.preset).config.with_overrides(budget=args.budget)
     rows = _load(args.out)
-    done = {(r["template"], r["method"], r.get("seed")) for r in rows}
+    variant = f"{args.preset}-b{config.budget}-{args.dtype}"  # rows of other variants are kept, not mixed
+    rows_here = [r for r in rows if r.get("variant", "cpu-b400-auto") == variant]
+    done = {(r["template"], r["method"], r.get("seed")) for r in rows_here}
     base = get_task("sst2")
     print(f"settings: {config.to_dict()} model={args.model} dtype={args.dtype}", flush=True)
     async with LocalBackend.load(args.model, dtype=args.dtype) as backend:
@@ -83,7 +85,8 @@ async def main() -> None:
             task = base.with_format(*TEMPLATES[name])
             if (name, "manual", None) not in done:
                 ev = await evaluate_prompt(backend, task, test)
-                rows.append({"template": name, "method": "manual", "seed": None, "accuracy": ev.accuracy, "n": ev.n})
+                rows.append({"template": name, "method": "manual", "seed": None, "accuracy": ev.accuracy, "n": ev.n,
+                             "variant": variant})
                 _save(args.out, rows)
                 print(f"{name} manual: {ev.accuracy:.4f} on {ev.n}", flush=True)
             for seed in args.seeds:
@@ -97,12 +100,14 @@ async def main() -> None:
                 assert result.test is not None
                 rows.append({"template": name, "method": "bbt", "seed": seed, "accuracy": result.test.accuracy,
                              "n": result.test.n, "dev": result.dev, "calls": result.calls, "wall_time_s": wall,
-                             "config": cfg.to_dict(), "dtype": backend.info.dtype})
+                             "config": cfg.to_dict(), "dtype": backend.info.dtype, "variant": variant})
                 _save(args.out, rows)
                 print(f"{name} bbt seed {seed}: test {result.test.accuracy:.4f} dev {result.dev:.4f} "
                       f"({result.calls} calls, {wall:.0f} s)", flush=True)
     print()
-    print(table(rows, args.templates))
+    print(f"variant {variant} ({backend.info.dtype}, {config.budget} calls, L={config.prompt_length}, "
+          f"{config.k_shot}-shot; test = 872 SST-2 validation sentences)")
+    print(table([r for r in rows if r.get("variant", "cpu-b400-auto") == variant], args.templates))
 
 
 if __name__ == "__main__":
