@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -27,6 +28,8 @@ class TuneConfig:
     k_shot: int = 16
     eval_every: int = 100
     seed: int = 42
+    #: inputs longer than the model limit: "drop" them (and count them) or stop with an "error"
+    on_long: str = "drop"
 
     def __post_init__(self) -> None:
         if self.popsize < 2:
@@ -39,11 +42,13 @@ class TuneConfig:
         for name in ("prompt_length", "intrinsic_dim", "k_shot", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
-        if not self.sigma0 > 0 or not self.alpha > 0:
-            raise ConfigError(f"--sigma and --alpha must be positive; got {self.sigma0}, {self.alpha}")
+        if not 0 < self.sigma0 < math.inf or not 0 < self.alpha < math.inf:
+            raise ConfigError(f"--sigma and --alpha must be positive finite numbers; got {self.sigma0}, {self.alpha}")
+        if self.on_long not in ("drop", "error"):
+            raise ConfigError(f"--on-long must be drop or error; got {self.on_long!r}")
         if self.bounds is not None:
             lo, hi = self.bounds
-            if not lo < hi:
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise ConfigError(f"bounds must satisfy low < high; got {self.bounds}")
             object.__setattr__(self, "bounds", (float(lo), float(hi)))
         LOSSES.get(self.loss)

@@ -43,7 +43,13 @@ class DataError(LmaasTuneError, ValueError):
 
 
 class ModelLoadError(LmaasTuneError, OSError):
-    """A model could not be found or loaded."""
+    """A model could not be loaded."""
+
+
+class ModelNotFoundError(ModelLoadError):
+    """The model named by ``--model`` does not exist (no such file, directory or hub id)."""
+
+    exit_code = 2
 
 
 class BackendError(LmaasTuneError, RuntimeError):
@@ -66,6 +72,22 @@ class RunDirectoryError(LmaasTuneError, OSError):
     """A run directory is missing, incomplete or holds a different run."""
 
     exit_code = 2
+
+
+class RunInterrupted(LmaasTuneError):
+    """A signal (SIGINT, SIGTERM) stopped the run; its last checkpoint is on disk.
+
+    The CLI exits with ``128 + signum`` (130 for SIGINT, 143 for SIGTERM), as shells do.
+    """
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        import signal
+
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        name = signal.Signals(self.signum).name if self.signum in signal.Signals._value2member_map_ else str(signum)
+        self.signal_name = name
+        super().__init__(message or f"interrupted by {name}")
 
 
 class WireFormatError(LmaasTuneError, ValueError):
@@ -136,6 +158,12 @@ class BadResponseError(RemoteError, ValueError):
     """
 
     retryable = True
+
+
+class IncompatibleServiceError(RemoteError):
+    """The service cannot serve this client (another protocol version); not retried."""
+
+    exit_code = 2
 
 
 class RejectedError(RemoteError, ValueError):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends.base import Backend, ScoringBatch
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .tasks.data import Example
 from .tasks.metrics import METRICS
 from .tasks.task import Task
@@ -29,23 +29,42 @@ class LabelledBatch:
         return len(self.batch)
 
 
+ON_LONG = ("drop", "error")
+
+
+def check_on_long(value: str) -> str:
+    if value not in ON_LONG:
+        raise ConfigError(f"--on-long must be {' or '.join(ON_LONG)}; got {value!r}")
+    return value
+
+
 async def prepare(
-    backend: Backend, task: Task, examples: Sequence[Example], prompt_length: int, *, what: str = "examples"
+    backend: Backend, task: Task, examples: Sequence[Example], prompt_length: int, *, what: str = "examples",
+    on_long: str = "drop",
 ) -> LabelledBatch:
-    """Render ``examples`` for the backend's model kind; drop inputs that cannot fit with the prompt."""
+    """Render ``examples`` for the backend's model kind. Inputs that cannot fit the model limit with
+    the prompt are dropped and counted (``on_long="drop"``) or refused (``"error"``)."""
+    check_on_long(on_long)
     if not examples:
         raise DataError(f"no {what} to score")
     batch = task.render(examples, backend.info.kind)
     lengths = np.array(await backend.token_lengths(batch))
     keep = np.flatnonzero(lengths + prompt_length <= backend.info.max_length)
     dropped = len(examples) - len(keep)
+    if dropped and on_long == "error":
+        raise DataError(
+            f"{dropped} of {len(examples)} {what} are longer than the model limit of {backend.info.max_length} "
+            f"tokens with a {prompt_length}-token prompt (longest: {int(lengths.max()) + prompt_length}); shorten them, "
+            f"lower --prompt-length, or pass --on-long drop to skip them"
+        )
     if dropped:
         log.warning(
             "dropped %d of %d %s longer than the model limit of %d tokens (with a %d-token prompt)",
             dropped, len(examples), what, backend.info.max_length, prompt_length,
         )
         if len(keep) == 0:
-            raise DataError(f"every one of the {what} is longer than the model limit")
+            raise DataError(f"every one of the {len(examples)} {what} is longer than the model limit of "
+                            f"{backend.info.max_length} tokens; shorten them or lower --prompt-length")
         batch = batch.subset([int(i) for i in keep])
     labels = np.array([examples[int(i)].label for i in keep], dtype=np.int64)
     return LabelledBatch(batch, labels, dropped)
@@ -99,9 +118,10 @@ async def evaluate_prompt(
     prompt: np.ndarray | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
+    on_long: str = "drop",
 ) -> Evaluation:
     """The task metric of ``prompt`` (``None``: the manual template alone) on ``examples``."""
     plen = 0 if prompt is None else int(np.asarray(prompt).shape[0])
-    data = await prepare(backend, task, examples, plen, what="test examples")
+    data = await prepare(backend, task, examples, plen, what="test examples", on_long=on_long)
     logits = await score_in_chunks(backend, prompt, data, progress=progress)
     return summarise(logits, data, task.metric)

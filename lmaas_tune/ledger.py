@@ -71,3 +71,12 @@ class BudgetLedger:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self.snapshot())
+
+    def restore(self, saved: dict[str, int]) -> None:
+        """Counters from :meth:`to_dict` (a checkpoint); nothing may be reserved, budgets must agree."""
+        if self.reserved:
+            raise RuntimeError("restoring a ledger with calls in flight")
+        if int(saved["budget"]) != self.budget:
+            raise ConfigError(f"the saved ledger has a budget of {saved['budget']} calls, not {self.budget}")
+        for name in ("calls", "attempts", "retries", "failures", "uncharged_calls", "bytes_up", "bytes_down"):
+            setattr(self, name, int(saved[name]))

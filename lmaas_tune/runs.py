@@ -6,7 +6,12 @@ Layout::
     history.jsonl      one JSON object per generation, appended and fsynced
     best.json          the best prompt so far: z, the projection that rebuilds it, its scores
     best_prompt.npy    the same prompt as an L x D float32 array (np.load, no pickle)
+    checkpoint.json    where the run stands after its last complete generation (see checkpoint.py)
+    checkpoint-cma-NNNNNN.pkl  the optimiser state that checkpoint.json names
     result.json        final metrics, written when the run finishes
+
+Every file but the history is replaced atomically (temporary file, fsync, rename, fsync of the
+directory), so a crash leaves either the old or the new version, never a torn one.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +29,40 @@ import numpy as np
 from .errors import RunDirectoryError
 
 CONFIG, HISTORY, BEST, BEST_PROMPT, RESULT = "config.json", "history.jsonl", "best.json", "best_prompt.npy", "result.json"
+_TEMPORARY = tuple(f".{name}." for name in (CONFIG, BEST, BEST_PROMPT, RESULT)) + (".checkpoint",)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, before_replace: Callable[[], None] | None = None) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync it, rename it over ``path``.
+
+    ``before_replace`` runs between the fsync and the rename (the checkpoint's test hook).
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 class RunDirectory:
@@ -46,12 +73,23 @@ class RunDirectory:
 
     @classmethod
     def create(cls, path: str | Path, config: dict[str, Any]) -> "RunDirectory":
+        """A new run in ``path``, which must not exist yet or be an empty directory."""
         run = cls(path)
         if (run.path / CONFIG).exists():
             raise RunDirectoryError(
-                f"{run.path} already holds a run; choose another --output or remove that directory"
+                f"{run.path} already holds a run; continue it with `lmaas-tune fit --resume {run.path}`, "
+                f"or choose another --output"
             )
-        run.path.mkdir(parents=True, exist_ok=True)
+        if run.path.exists() and not run.path.is_dir():
+            raise RunDirectoryError(f"--output {run.path} is a file, not a directory; choose another --output")
+        if run.path.is_dir() and any(not p.name.startswith(".") for p in run.path.iterdir()):
+            raise RunDirectoryError(
+                f"{run.path} is not empty and holds no run (no {CONFIG}); choose a new or empty --output"
+            )
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirectoryError(f"cannot create {run.path} ({exc.strerror or exc}); choose another --output") from None
         run.write_json(CONFIG, config)
         return run
 
@@ -62,8 +100,13 @@ class RunDirectory:
             raise RunDirectoryError(f"{run.path} is not a run directory (no {CONFIG}); pass the --output of a fit")
         return run
 
+    @property
+    def finished(self) -> bool:
+        """Whether the run wrote its result (it has nothing left to do)."""
+        return (self.path / RESULT).is_file()
+
     def write_json(self, name: str, obj: Any) -> None:
-        _atomic_write(self.path / name, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write(self.path / name, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
     def read_json(self, name: str) -> Any:
         p = self.path / name
@@ -99,10 +142,48 @@ class RunDirectory:
                 raise RunDirectoryError(f"{p} line {i + 1} is corrupt ({exc})") from exc
         return out
 
+    def rewind_history(self, records: int) -> None:
+        """Keep the first ``records`` lines of the history, cutting off a torn last line and any
+        record written after the checkpoint (they are written again when the run continues)."""
+        p = self.path / HISTORY
+        data = p.read_bytes() if p.is_file() else b""
+        offset, kept = 0, 0
+        while kept < records:
+            end = data.find(b"\n", offset)
+            if end < 0:
+                break
+            try:
+                json.loads(data[offset:end])
+            except ValueError as exc:
+                raise RunDirectoryError(f"{p} line {kept + 1} is corrupt ({exc})") from exc
+            offset, kept = end + 1, kept + 1
+        if kept < records:
+            raise RunDirectoryError(
+                f"{p} holds {kept} complete generation(s) but the checkpoint is at generation {records}; "
+                f"the run directory was changed by hand"
+            )
+        if offset < len(data):
+            with p.open("r+b") as fh:
+                fh.truncate(offset)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def remove_leftovers(self, keep: set[str]) -> None:
+        """Delete temporary files of interrupted atomic writes, and optimiser files not in ``keep``."""
+        for p in self.path.iterdir():
+            stale_tmp = p.name.startswith(_TEMPORARY) and p.is_file()
+            stale_state = p.name.startswith("checkpoint-") and p.suffix == ".pkl" and p.name not in keep
+            if stale_tmp or stale_state:
+                p.unlink(missing_ok=True)
+
+    def clear_best(self) -> None:
+        for name in (BEST, BEST_PROMPT):
+            (self.path / name).unlink(missing_ok=True)
+
     def save_best(self, best: dict[str, Any], prompt: np.ndarray) -> None:
         buf = io.BytesIO()
         np.save(buf, np.asarray(prompt, dtype=np.float32), allow_pickle=False)
-        _atomic_write(self.path / BEST_PROMPT, buf.getvalue())
+        atomic_write(self.path / BEST_PROMPT, buf.getvalue())
         self.write_json(BEST, best)
 
     @property

@@ -104,3 +104,55 @@ def sentiment_task(tmp: Path) -> Task:
         (tmp / name).write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows), "utf-8")
     return custom_task(template="{sentence} . It was {mask}", label_words="bad,great",
                        train=str(tmp / "train.tsv"), test=str(tmp / "test.tsv"))
+
+
+class ThreadedServer:
+    """A real service on 127.0.0.1 in a background thread with its own event loop.
+
+    For callers that run their own loop or none: the CLI through CliRunner (``asyncio.run`` inside),
+    or synchronous hypothesis tests. ``middlewares`` go in front of the service's own routes.
+    """
+
+    def __init__(self, backend: Backend, *, middlewares: tuple[Any, ...] = (), **config: Any) -> None:
+        import threading
+
+        self.backend, self.middlewares, self.config = backend, middlewares, config
+        self.url = ""
+        self.server: RunningServer | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    def _main(self) -> None:
+        async def main() -> None:
+            from lmaas_tune.server import create_app
+
+            config = ServerConfig(port=0, **self.config)
+            app = create_app(self.backend, config)
+            app.middlewares.extend(self.middlewares)
+            async with RunningServer(self.backend, config, app=app) as server:
+                self.server, self.url = server, server.url
+                self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+                self._ready.set()
+                await self._stop.wait()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the test thread
+            self._error = exc
+            self._ready.set()
+
+    def __enter__(self) -> "ThreadedServer":
+        self._thread.start()
+        self._ready.wait(60)
+        if self._error is not None or not self.url:
+            raise RuntimeError(f"the service did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the service thread did not stop"

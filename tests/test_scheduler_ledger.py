@@ -442,7 +442,8 @@ async def test_fit_end_to_end_writes_the_run_directory(tmp_path: Path, llama_bac
     assert result.calls == 14 and result.run_dir == run_dir
     run = RunDirectory.open(run_dir)
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "best.json", "best_prompt.npy", "config.json", "history.jsonl", "result.json"]
+        "best.json", "best_prompt.npy", "checkpoint-cma-000004.pkl", "checkpoint.json", "config.json",
+        "history.jsonl", "result.json"]
     config = run.config
     assert config["model"] == "tiny-llama" and TuneConfig.from_dict(config["tune"]) == cfg
 

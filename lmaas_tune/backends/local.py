@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,6 +33,10 @@ class _Captured(Exception):
     """Raised by the output-layer hook once it holds its input."""
 
 
+class _Abandoned(Exception):
+    """The caller of a scoring call was cancelled; the worker thread stops between passes."""
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
@@ -40,9 +45,15 @@ def pick_device(device: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
         raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} found); "
+                          f"use --device cpu or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu or auto")
+    return dev
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -149,8 +160,15 @@ class LocalBackend(Backend):
         return tuple(int(x) for x in enc.lengths)
 
     async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
+        """Scores in the worker thread; if this coroutine is cancelled (Ctrl-C), the thread stops
+        after its current forward pass instead of finishing the whole population."""
         arr = check_prompts(prompts, self._info)
-        return await self._run(self.score_sync, arr, batch)
+        abandon = threading.Event()
+        try:
+            return await self._run(self.score_sync, arr, batch, abandon)
+        except asyncio.CancelledError:
+            abandon.set()
+            raise
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         if self._executor is None:
@@ -164,7 +182,8 @@ class LocalBackend(Backend):
 
     # -- the forward pass -------------------------------------------------------------------
 
-    def score_sync(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
+    def score_sync(self, prompts: np.ndarray | None, batch: ScoringBatch,
+                   abandon: threading.Event | None = None) -> np.ndarray:
         """Blocking form of :meth:`score` (runs in the backend's worker thread)."""
         enc = self.encode(batch)
         n_prompts = 1 if prompts is None else prompts.shape[0]
@@ -187,6 +206,8 @@ class LocalBackend(Backend):
             rows = [(int(n), p) for n in order for p in range(n_prompts)]
             start = 0
             while start < len(rows):
+                if abandon is not None and abandon.is_set():
+                    raise _Abandoned("scoring abandoned: its caller was cancelled")
                 width = int(lengths[rows[start][0]]) + plen  # longest row of this pass
                 take = max(1, self._token_budget // width)
                 chunk = rows[start:start + take]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, ModelNotFoundError
 from ..registry import Registry
 from .base import ModelKind
 
@@ -77,14 +77,14 @@ def resolve_model(spec: str) -> ModelSource:
     path = Path(os.path.expanduser(spec))
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise ModelLoadError(f"GGUF file {spec!r} not found")
+            raise ModelNotFoundError(f"GGUF file {spec!r} not found; check the --model path")
         return ModelSource(path.stem, "gguf", str(path.resolve()))
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{spec!r} is a directory without config.json; point --model at a saved transformers model")
+            raise ModelNotFoundError(f"{spec!r} is a directory without config.json; point --model at a saved transformers model")
         return ModelSource(path.name, "directory", str(path.resolve()))
     if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
-        raise ModelLoadError(f"model path {spec!r} does not exist")
+        raise ModelNotFoundError(f"model path {spec!r} does not exist; check the --model path")
     return ModelSource(spec, "hub", spec)
 
 
@@ -187,7 +187,8 @@ def load_pretrained(
         kind = kind or detect_kind(config)
         auto = AutoModelForMaskedLM if kind is ModelKind.MASKED else AutoModelForCausalLM
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = auto.from_pretrained(location, dtype=dtype)
+        # safetensors where the model has them; a pickled .bin is read with weights_only=True (no code runs)
+        model = auto.from_pretrained(location, dtype=dtype, weights_only=True)
     except ModelLoadError:
         raise
     except (OSError, ValueError) as exc:
@@ -196,8 +197,10 @@ def load_pretrained(
             "you are offline: pass a local directory or a .gguf file, or the embedded model "
             f"({DEFAULT_MODEL})"
             if source.origin == "hub" and offline
-            else "check the model id or path"
+            else f"check the model id or path (embedded models: {', '.join(EMBEDDED)})"
         )
-        raise ModelLoadError(f"could not load model {source.name!r} ({exc.__class__.__name__}: {exc}); {hint}") from exc
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        error = ModelNotFoundError if source.origin == "hub" and isinstance(exc, OSError) else ModelLoadError
+        raise error(f"could not load model {source.name!r} ({exc.__class__.__name__}: {first_line}); {hint}") from exc
     model.eval()
     return model, tokenizer, kind

@@ -42,7 +42,9 @@ import numpy as np
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from .. import __version__
-from ..errors import BadResponseError, ConfigError, RejectedError, RemoteError, WireFormatError
+from ..errors import (
+    BadResponseError, ConfigError, IncompatibleServiceError, RejectedError, RemoteError, WireFormatError,
+)
 from ..projection import Projection, ProjectionSpec
 from .base import Backend, BackendInfo, ScoringBatch, check_prompts
 from .ratelimit import EndpointGate, EndpointLimits, Sleep
@@ -50,7 +52,8 @@ from .remote_http import exchange
 from .retrying import RetryConfig
 from .traffic import record_traffic
 from .wire import (
-    DTYPES, PROTOCOL_VERSION, ServiceInfo, check_protocol, decode_array, encode_array, encode_batch, encode_spec, require,
+    DTYPES, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, ServiceInfo, check_protocol, decode_array, encode_array, encode_batch,
+    encode_spec, require,
 )
 
 log = logging.getLogger("lmaas_tune")
@@ -205,12 +208,19 @@ class RemoteBackend(Backend):
     async def _describe(self, session: aiohttp.ClientSession) -> None:
         async def fetch(ep: _Endpoint) -> ServiceInfo:
             answer = await exchange(session, "GET", ep.url + "/v1/info")
+            protocol = answer.get("protocol")
+            if isinstance(protocol, int) and protocol not in SUPPORTED_PROTOCOLS:
+                raise IncompatibleServiceError(
+                    f"{ep.url} speaks protocol version {protocol}; this lmaas-tune speaks {list(SUPPORTED_PROTOCOLS)}: "
+                    f"upgrade the older of the two", endpoint=ep.url)
             try:
                 return ServiceInfo.from_wire(answer)
             except WireFormatError as exc:
                 raise BadResponseError(f"GET {ep.url}/v1/info: {exc}", endpoint=ep.url) from None
 
-        services = [await self._call("describe", fetch, pinned=ep) for ep in self._eps]
+        # a service that cannot be reached at all when we start is most likely a wrong URL: retry once, not for minutes
+        services = [await self._call("describe", fetch, pinned=ep, attempts=min(2, self._retry.max_attempts))
+                    for ep in self._eps]
         first = services[0].model
         for ep, svc in zip(self._eps, services):
             m = svc.model
@@ -236,7 +246,8 @@ class RemoteBackend(Backend):
 
     # -- retries and routing --------------------------------------------------------------------
 
-    async def _call(self, what: str, fn: Callable[[_Endpoint], Awaitable[T]], *, pinned: _Endpoint | None = None) -> T:
+    async def _call(self, what: str, fn: Callable[[_Endpoint], Awaitable[T]], *, pinned: _Endpoint | None = None,
+                    attempts: int | None = None) -> T:
         """``fn(endpoint)``, retried on retryable failures, moving to another endpoint where there is one."""
         failed: list[_Endpoint] = []
 
@@ -248,7 +259,7 @@ class RemoteBackend(Backend):
                         self._retry.max_attempts - 1, wait)
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retry.max_attempts), wait=self._wait, sleep=self._sleep,
+            stop=stop_after_attempt(attempts or self._retry.max_attempts), wait=self._wait, sleep=self._sleep,
             retry=retry_if_exception(lambda e: isinstance(e, RemoteError) and e.retryable),
             before_sleep=before_sleep, reraise=True,
         )

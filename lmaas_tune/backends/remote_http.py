@@ -10,6 +10,7 @@ refused, reset, closed mid-response         :class:`ConnectionLostError`
 429                                         :class:`RateLimitError` (``retry_after``)
 5xx                                         :class:`ServerError` (``retry_after``)
 401, 403                                    :class:`AuthenticationError`
+4xx ``unsupported_protocol``                :class:`IncompatibleServiceError`
 other 4xx                                   :class:`RejectedError` (``code``, ``field``)
 2xx whose body is not a JSON object         :class:`BadResponseError`
 ==========================================  ==============================================
@@ -21,6 +22,7 @@ bytes received.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import aiohttp
@@ -29,6 +31,7 @@ from ..errors import (
     AuthenticationError,
     BadResponseError,
     ConnectionLostError,
+    IncompatibleServiceError,
     RateLimitError,
     RejectedError,
     RemoteError,
@@ -51,6 +54,11 @@ async def exchange(
             raw = await resp.read()
     except TimeoutError:
         raise RemoteTimeoutError(f"{method} {url}: no complete answer within the timeout", endpoint=url) from None
+    except aiohttp.ClientConnectorError as exc:  # refused, unknown host, unreachable network
+        err = exc.os_error
+        reason = os.strerror(err.errno) if err is not None and err.errno else str(err or exc)
+        raise ConnectionLostError(f"{method} {url}: cannot connect ({reason}); check the --endpoint URL and that "
+                                  f"`lmaas-tune serve` is running there", endpoint=url) from None
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise ConnectionLostError(f"{method} {url}: connection lost ({type(exc).__name__}: {exc})", endpoint=url) from None
     except aiohttp.ClientResponseError as exc:  # the answer was not valid HTTP
@@ -90,6 +98,8 @@ def status_error(method: str, url: str, status: int, raw: bytes, retry_after_hea
         return RemoteTimeoutError(text, **kw)
     if status >= 500:
         return ServerError(text, **kw)
+    if code == "unsupported_protocol":
+        return IncompatibleServiceError(text + "; upgrade the older of lmaas-tune and the service", **kw)
     if status in (401, 403):
         return AuthenticationError(text + "; check the token (--token-env)", **kw)
     if 400 <= status < 500:

@@ -28,6 +28,7 @@ PROTOCOL_VERSION = 1
 SUPPORTED_PROTOCOLS = (1,)
 DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 UPLOAD_MODES = ("embeddings", "projection")
+MAX_DIM = 2**31 - 1  #: largest size of one array dimension on the wire
 
 
 # -- small typed getters -------------------------------------------------------------------------
@@ -99,6 +100,8 @@ def decode_array(obj: Any, path: str, *, ndim: int, max_elements: int | None = N
     dims = [check_type(s, f"{path}.shape[{i}]", int) for i, s in enumerate(shape)]
     if any(s < 0 for s in dims):
         raise WireFormatError(f"{path}.shape", f"sizes must not be negative; got {dims}")
+    if any(s > MAX_DIM for s in dims):
+        raise WireFormatError(f"{path}.shape", f"sizes must be at most {MAX_DIM}; got {dims}")
     count = math.prod(dims)
     if max_elements is not None and count > max_elements:
         raise WireFormatError(f"{path}.shape", f"holds {count} values; the limit is {max_elements}")
@@ -119,6 +122,15 @@ def decode_array(obj: Any, path: str, *, ndim: int, max_elements: int | None = N
 # -- batches ----------------------------------------------------------------------------------------
 
 
+def _text(value: str, path: str) -> str:
+    """JSON may carry lone surrogates (``"\\ud800"``), which are not text: refuse them here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise WireFormatError(path, "is not valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
 def encode_batch(batch: ScoringBatch) -> dict[str, Any]:
     return {"queries": [{"prefix": q.prefix, "suffix": q.suffix} for q in batch.queries],
             "label_words": list(batch.label_words)}
@@ -133,14 +145,14 @@ def decode_batch(obj: Any, path: str = "batch", *, max_queries: int, max_label_w
     out = []
     for i, q in enumerate(queries):
         where = f"{path}.queries[{i}]"
-        prefix = require(q, "prefix", where, str)
-        suffix = check_type(q.get("suffix", ""), f"{where}.suffix", str)
+        prefix = _text(require(q, "prefix", where, str), f"{where}.prefix")
+        suffix = _text(check_type(q.get("suffix", ""), f"{where}.suffix", str), f"{where}.suffix")
         out.append(Query(prefix, suffix))
     words = require(obj, "label_words", path, list)
     if not 1 <= len(words) <= max_label_words:
         raise WireFormatError(f"{path}.label_words", f"must hold 1 to {max_label_words} words; got {len(words)}")
     for i, w in enumerate(words):
-        if not check_type(w, f"{path}.label_words[{i}]", str).strip():
+        if not _text(check_type(w, f"{path}.label_words[{i}]", str), f"{path}.label_words[{i}]").strip():
             raise WireFormatError(f"{path}.label_words[{i}]", "must not be empty")
     return ScoringBatch(tuple(out), tuple(words))
 

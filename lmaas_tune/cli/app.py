@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -14,16 +15,21 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from .. import workflows
+from .. import checkpoint, workflows
 from ..backends.factory import BACKENDS, BackendSettings, open_backend
 from ..backends.models import DEFAULT_MODEL, EMBEDDED, cache_root, needs_conversion, resolve_model
-from ..config import PRESETS, TuneConfig
-from ..errors import ConfigError, LmaasTuneError
+from ..config import PRESETS
+from ..errors import ConfigError, LmaasTuneError, RunInterrupted
+from ..interrupts import run_until_signal
+from ..runs import CONFIG, RunDirectory
 from ..tasks.catalog import TASKS
 from ..tasks.spec import TaskSpec
+from ..tuner import FitResult, stored_result
 from .display import Display, make_console
+from .resume import absolute_data_path, parse_columns, resume_settings, split_words
 
 app = typer.Typer(
     help="Black-Box Tuning of soft prompts for language models you can only query.",
@@ -38,23 +44,47 @@ _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _one_line(exc: BaseException) -> str:
+    return escape(re.sub(r"\s*\n\s*", " ", str(exc)).strip())
+
+
 def handled(fn: F) -> F:
-    """Turn package errors into one red line and an exit code (2 usage, 1 runtime); --debug shows tracebacks."""
+    """Turn package errors into one red line and an exit code (2 usage, 1 runtime); --debug shows tracebacks.
+
+    An error may carry a ``hint`` (printed on a second line: how to resume a stopped run). A
+    signal that stopped a run exits with 128 + its number (130 SIGINT, 143 SIGTERM).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except RunInterrupted as exc:
+            err.print(f"[yellow]{_one_line(exc)}[/]", highlight=False, soft_wrap=True)
+            _print_hint(exc)
+            raise typer.Exit(exc.exit_code) from None
         except LmaasTuneError as exc:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
+            _print_hint(exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except OSError as exc:  # the environment (disk full, permissions), not a bug: one line, exit 1
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_hint(exc: BaseException) -> None:
+    hint = getattr(exc, "hint", None)
+    if hint:
+        err.print(escape(hint), highlight=False, soft_wrap=True)
 
 
 @app.callback()
@@ -88,6 +118,7 @@ KindOpt = Annotated[Optional[str], typer.Option("--model-kind", help="Override d
 EndpointOpt = Annotated[Optional[list[str]], typer.Option("--endpoint", help="Remote backend: URL of an `lmaas-tune serve` service (repeatable: the endpoints share each population). Implies --backend remote.")]
 TokenEnvOpt = Annotated[Optional[str], typer.Option("--token-env", help="Remote backend: environment variable holding the bearer token (default: LMAAS_TUNE_TOKEN when set).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
+OnLongOpt = Annotated[Optional[str], typer.Option("--on-long", help="Inputs longer than the model limit: drop (and count them; the default) or error.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
@@ -95,15 +126,10 @@ def _task_spec(task: str, template: str | None, label_words: str | None, train: 
                column: list[str] | None, label_column: str, labels: str | None, task_file: Path | None) -> TaskSpec:
     if task_file is not None:
         return TaskSpec.from_file(task_file)
-    cols: dict[str, str] = {}
-    for item in column or []:
-        field, sep, col = item.partition("=")
-        if not sep or not field or not col:
-            raise typer.BadParameter(f"--column expects FIELD=COLUMN, got {item!r}")
-        cols[field.strip()] = col.strip()
-    words = tuple(w.strip() for w in label_words.split(",") if w.strip()) if label_words else None
+    cols = parse_columns(column)
     values = tuple(v.strip() for v in labels.split(",")) if labels else None
-    spec = TaskSpec(task, template, words, train, test, cols, label_column, values)
+    spec = TaskSpec(task, template, split_words(label_words), absolute_data_path(train), absolute_data_path(test),
+                    cols, label_column, values)
     spec.build()  # validate now, before a model is loaded
     return spec
 
@@ -114,6 +140,9 @@ def _settings(backend: str, model: str, device: str, dtype: str, kind: str | Non
         backend = "remote"
     if backend == "remote" and not endpoints:
         raise ConfigError("--backend remote needs at least one --endpoint URL (from `lmaas-tune serve`)")
+    local = Path(model).expanduser()
+    if model not in EMBEDDED and local.exists():  # stored absolute, so `fit --resume` works from anywhere
+        model = str(local.resolve())
     return BackendSettings(backend, model, device, dtype, kind, endpoints=tuple(endpoints or ()), token_env=token_env)
 
 
@@ -178,6 +207,7 @@ def evaluate_cmd(
     model_kind: KindOpt = None,
     endpoint: EndpointOpt = None,
     token_env: TokenEnvOpt = None,
+    on_long: OnLongOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -202,10 +232,10 @@ def evaluate_cmd(
             with display:
                 progress = display.evaluation_progress
                 if saved is not None:
-                    return await workflows.evaluate_run(saved, be, progress=progress)
-                return await workflows.zero_shot(spec, be, progress=progress)
+                    return await workflows.evaluate_run(saved, be, progress=progress, on_long=on_long or "drop")
+                return await workflows.zero_shot(spec, be, progress=progress, on_long=on_long or "drop")
 
-    result = asyncio.run(run())
+    result = asyncio.run(run_until_signal(run()))
     wall = time.perf_counter() - start
     payload = {**result.to_dict(), "task": spec.name, "model": settings.model, "wall_time_s": round(wall, 2)}
     if saved is not None:
@@ -224,6 +254,7 @@ def evaluate_cmd(
 @app.command("fit")
 @handled
 def fit_cmd(
+    ctx: typer.Context,
     task: TaskOpt = "sst2",
     template: TemplateOpt = None,
     label_words: WordsOpt = None,
@@ -251,36 +282,73 @@ def fit_cmd(
     loss: Annotated[Optional[str], typer.Option(help="ce, hinge or acc (minus accuracy); paper: ce.")] = None,
     k_shot: Annotated[Optional[int], typer.Option("--k-shot", help="Train (and dev) examples per class; paper: 16.")] = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Calls between dev checks; paper: 100.")] = None,
+    on_long: OnLongOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (default: runs/TASK-MODEL-sSEED-TIME).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the stopped run in this directory, with its stored settings (only --device, --concurrency, --endpoint, --token-env, --quiet and --json may change); a finished run just shows its result.")] = None,
     concurrency: Annotated[Optional[int], typer.Option(help="Score calls in flight at once (default: what the backend says).")] = None,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also score the manual prompt on the test set, for comparison.")] = True,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Tune a soft prompt with Black-Box Tuning (CMA-ES over a random projection)."""
-    spec = _task_spec(task, template, label_words, train_file, test_file, column, label_column, labels, task_file)
-    config = PRESETS.get(preset).config.with_overrides(
-        seed=seed, budget=budget, popsize=popsize, prompt_length=prompt_length, intrinsic_dim=intrinsic_dim,
-        sigma0=sigma, alpha=alpha, loss=loss, k_shot=k_shot, eval_every=eval_every,
-    )
-    settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env)
-    if output is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        output = Path("runs") / f"{spec.name}-{Path(model).stem}-s{config.seed}-{stamp}"
+    """Tune a soft prompt with Black-Box Tuning (CMA-ES over a random projection), or continue a stopped run."""
     display = Display(err, quiet=quiet or json_out)
-    display.note(
-        f"fit {spec.name}: L={config.prompt_length} d={config.intrinsic_dim} popsize={config.popsize} "
-        f"sigma={config.sigma0} budget={config.budget} loss={config.loss} {config.k_shot}-shot seed={config.seed} -> {output}"
-    )
+    if resume is not None:
+        spec, config, settings = resume_settings(ctx, resume, dict(ctx.params))
+        output = resume
+        if RunDirectory.open(resume).finished:
+            display.note(f"{resume} is finished; its recorded result:")
+            return _report_fit(stored_result(RunDirectory(resume)), json_out)
+        done = checkpoint.progress(resume)
+        where = f"after generation {done[0]} ({done[1]} of {done[2]} calls)" if done else "from the start"
+        display.note(f"resume {resume} {where}")
+    else:
+        spec = _task_spec(task, template, label_words, train_file, test_file, column, label_column, labels, task_file)
+        config = PRESETS.get(preset).config.with_overrides(
+            seed=seed, budget=budget, popsize=popsize, prompt_length=prompt_length, intrinsic_dim=intrinsic_dim,
+            sigma0=sigma, alpha=alpha, loss=loss, k_shot=k_shot, eval_every=eval_every, on_long=on_long,
+        )
+        settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env)
+        if output is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            output = Path("runs") / f"{spec.name}-{Path(model).stem}-s{config.seed}-{stamp}"
+        display.note(
+            f"fit {spec.name}: L={config.prompt_length} d={config.intrinsic_dim} popsize={config.popsize} "
+            f"sigma={config.sigma0} budget={config.budget} loss={config.loss} {config.k_shot}-shot seed={config.seed} -> {output}"
+        )
+    run_dir = output
+    ours = resume is not None or not (run_dir / CONFIG).exists()  # a hint may only point at this command's run
 
-    async def run() -> Any:
+    async def run() -> FitResult:
         be = _open(settings, display)
         async with be:
             with display:
-                return await workflows.fit(spec, be, settings, config, output=output, callbacks=[display],
+                if resume is not None:
+                    return await workflows.resume(run_dir, be, callbacks=[display], concurrency=concurrency)
+                return await workflows.fit(spec, be, settings, config, output=run_dir, callbacks=[display],
                                            concurrency=concurrency, baseline=baseline)
 
-    result = asyncio.run(run())
+    try:
+        result = asyncio.run(run_until_signal(run()))
+    except KeyboardInterrupt:  # a second Ctrl-C: the files are consistent all the same
+        raise _with_hint(RunInterrupted(2), run_dir) if ours else RunInterrupted(2) from None
+    except LmaasTuneError as exc:  # a runtime failure (the service went away...): say how to continue
+        if exc.exit_code != 2 and ours:
+            raise _with_hint(exc, run_dir) from None
+        raise
+    _report_fit(result, json_out)
+
+
+def _with_hint(exc: LmaasTuneError, run_dir: Path) -> LmaasTuneError:
+    """Tell how to continue, if the run directory got far enough to be resumed."""
+    if not (run_dir / CONFIG).is_file():
+        return exc
+    done = checkpoint.progress(run_dir)
+    where = f" after generation {done[0]} ({done[1]} of {done[2]} calls)" if done else ""
+    exc.hint = f"the run is saved{where}; continue it with: lmaas-tune fit --resume {run_dir}"  # type: ignore[attr-defined]
+    return exc
+
+
+def _report_fit(result: FitResult, json_out: bool) -> None:
     test, manual = result.test, result.manual
     payload = {"run_dir": str(result.run_dir), "metric": result.metric, "dev": result.dev,
                "test": test.to_dict() if test else None, "manual_prompt_test": manual.to_dict() if manual else None,

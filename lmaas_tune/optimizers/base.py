@@ -8,11 +8,15 @@ Contract:
   by each implementation), never silently averaged away.
 * ``best`` is the lowest-loss candidate ever told. Optimisers own their randomness: two instances
   with the same seed produce the same sequence whatever else runs in the process.
+* ``checkpoint()`` captures everything that decides future asks (internal state *and* RNG state)
+  as a JSON-ready dict plus opaque bytes; ``restore`` on a fresh instance built with the same
+  settings makes it continue exactly as the checkpointed one would have (bit for bit).
 """
 
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import numpy as np
 
@@ -36,4 +40,12 @@ class Optimizer(abc.ABC):
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, object]:
-        """Serialisable state (for checkpoints)."""
+        """A short JSON-ready summary (generation, step size, best loss) for logs."""
+
+    @abc.abstractmethod
+    def checkpoint(self) -> tuple[dict[str, Any], bytes]:
+        """The full state: a JSON-ready dict and opaque bytes (see the module docstring)."""
+
+    @abc.abstractmethod
+    def restore(self, state: dict[str, Any], blob: bytes, *, where: str = "the checkpoint") -> None:
+        """Put back what :meth:`checkpoint` returned; ``where`` names the source in errors."""

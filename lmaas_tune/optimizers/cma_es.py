@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -9,8 +10,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import ConfigError, NonFiniteLossError
+from ..errors import ConfigError, NonFiniteLossError, RunDirectoryError
 from .base import Optimizer
+from .cma_state import dump_strategy, load_strategy
+
+log = logging.getLogger("lmaas_tune")
 
 
 @contextmanager
@@ -29,8 +33,13 @@ class CMAES(Optimizer):
     """pycma's ``CMAEvolutionStrategy`` from z0 = 0 with step size ``sigma0``.
 
     Non-finite losses: such a candidate is ranked last (given the worst finite loss of its
-    generation plus one) rather than pycma's silent median; if no loss of a generation is finite,
-    :class:`NonFiniteLossError` is raised.
+    generation plus one) rather than pycma's silent median, with a warning; if no loss of a
+    generation is finite, :class:`NonFiniteLossError` is raised.
+
+    Checkpoints: :meth:`checkpoint` returns a JSON-ready dict (the RNG state, the best candidate)
+    and the pickled pycma strategy (see :mod:`.cma_state` for how those bytes are kept safe);
+    :meth:`restore` puts both back, after which ``ask`` returns exactly what it would have
+    returned in the process that wrote the checkpoint.
     """
 
     def __init__(
@@ -81,6 +90,8 @@ class CMAES(Optimizer):
                 f"output is broken (try float32, a smaller sigma, or a different loss)"
             )
         if not finite.all():
+            log.warning("%d of %d candidates of generation %d had a non-finite loss; ranked last",
+                        int((~finite).sum()), len(losses), self.generation + 1)
             losses = np.where(finite, losses, losses[finite].max() + 1.0)
         i = int(np.argmin(losses))
         if losses[i] < self.best_loss:
@@ -95,3 +106,31 @@ class CMAES(Optimizer):
 
     def state_dict(self) -> dict[str, object]:
         return {"generation": self.generation, "sigma": self.sigma, "best_loss": self.best_loss}
+
+    def checkpoint(self) -> tuple[dict[str, Any], bytes]:
+        kind, keys, pos, has_gauss, gauss = self._rng["rng"]
+        state = {
+            "optimizer": "cma-es", "dim": self.dim, "popsize": self.popsize, "generation": self.generation,
+            "rng": {"kind": kind, "keys": [int(k) for k in keys], "pos": int(pos), "has_gauss": int(has_gauss),
+                    "cached_gaussian": float(gauss)},
+            "best_loss": self.best_loss if np.isfinite(self.best_loss) else None,
+            "best_z": None if self.best_z is None else self.best_z.tolist(),
+        }
+        return state, dump_strategy(self._es)
+
+    def restore(self, state: dict[str, Any], blob: bytes, *, where: str = "the checkpoint") -> None:
+        if (state.get("optimizer"), state.get("dim"), state.get("popsize")) != ("cma-es", self.dim, self.popsize):
+            raise RunDirectoryError(
+                f"{where} holds the state of another optimiser ({state.get('optimizer')}, dim {state.get('dim')}, "
+                f"popsize {state.get('popsize')}); expected cma-es, dim {self.dim}, popsize {self.popsize}"
+            )
+        es = load_strategy(blob, where)
+        if int(es.countiter) != state.get("generation"):
+            raise RunDirectoryError(f"{where}: the optimiser file is at generation {es.countiter}, "
+                                    f"the checkpoint at {state.get('generation')}")
+        r = state["rng"]
+        self._rng = {"rng": (r["kind"], np.asarray(r["keys"], dtype=np.uint32), r["pos"], r["has_gauss"],
+                             r["cached_gaussian"])}
+        self._es = es
+        self.best_loss = float("inf") if state["best_loss"] is None else float(state["best_loss"])
+        self.best_z = None if state["best_z"] is None else np.asarray(state["best_z"], dtype=np.float64)

@@ -38,6 +38,8 @@ async def read_json(request: web.Request, max_body_bytes: int) -> dict[str, Any]
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc})", field="body") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body nests too deeply to be a protocol message", field="body") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object", field="body")
     try:

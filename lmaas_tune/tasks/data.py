@@ -42,7 +42,7 @@ def read_rows(location: str) -> list[dict[str, str]]:
         raise DataError(f"data file {location!r} not found; check the path (looked at {path})")
     suffix = path.suffix.lower()
     try:
-        with path.open(encoding="utf-8", newline="") as fh:
+        with path.open(encoding="utf-8-sig", newline="") as fh:  # -sig: a byte-order mark is not part of the header
             if suffix in (".jsonl", ".json"):
                 rows = []
                 for lineno, line in enumerate(fh, 1):
@@ -80,6 +80,10 @@ def read_rows(location: str) -> list[dict[str, str]]:
         raise DataError(
             f"data file {location!r} is not UTF-8 (byte {exc.start}); re-save it as UTF-8"
         ) from exc
+    except csv.Error as exc:
+        raise DataError(f"data file {location!r} is not a readable table ({exc}); check its format") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read data file {location!r} ({exc.strerror or exc}); check its permissions") from exc
     if not rows:
         raise DataError(f"data file {location!r} holds no examples")
     return rows
@@ -106,8 +110,8 @@ class TableSource:
         missing = [c for c in needed if c not in rows[0]]
         if missing:
             raise DataError(
-                f"{location}: missing column(s) {missing}; it has {list(rows[0])}. "
-                f"Name the right columns (e.g. --text-column, --label-column)"
+                f"{location}: missing column(s) {missing}; it has {list(rows[0])}. Map the template's fields "
+                f"with --column FIELD=COLUMN and the label with --label-column"
             )
         values = self.label_values or infer_label_values(r[self.label_column] for r in rows)
         if len(values) != num_labels:
