@@ -1,2 +1,107 @@
-"""lmaas-tune: Black-Box Tuning of soft prompts for language models you can only query."""
+"""lmaas-tune: Black-Box Tuning of soft prompts for language models you can only query.
+
+The public API, in a few lines::
+
+    from lmaas_tune import BlackBoxTuner, LocalBackend, PRESETS, get_task
+
+Everything in ``__all__`` is importable from here. Only the error classes are imported
+eagerly: the rest (which pulls in torch, aiohttp, ...) loads on first access, so
+``import lmaas_tune`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    AuthenticationError,
+    BackendError,
+    BadResponseError,
+    BudgetExhaustedError,
+    ConfigError,
+    ConnectionLostError,
+    DataError,
+    IncompatibleServiceError,
+    InputTooLongError,
+    LmaasTuneError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NonFiniteLossError,
+    RateLimitError,
+    RejectedError,
+    RemoteError,
+    RemoteTimeoutError,
+    RunDirectoryError,
+    RunInterrupted,
+    ServerError,
+    TemplateError,
+    UnknownNameError,
+    VerbalizerError,
+    WireFormatError,
+)
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .backends.base import Backend, BackendInfo, ModelKind, Query, ScoringBatch
+    from .backends.local import LocalBackend
+    from .backends.remote import RemoteBackend
+    from .config import PRESETS, TuneConfig
+    from .evaluation import evaluate_prompt
+    from .fewshot import FewShotSplit
+    from .projection import Projection, ProjectionSpec
+    from .tasks.catalog import TASKS, get_task
+    from .tasks.spec import TaskSpec
+    from .tasks.task import Task, custom_task
+    from .tuner import BlackBoxTuner, EvaluationProgress, FitResult, GenerationReport
+
+# name -> the module that defines it (imported on first access, see __getattr__)
+_LAZY: dict[str, str] = {
+    "BlackBoxTuner": ".tuner",
+    "FitResult": ".tuner",
+    "GenerationReport": ".tuner",
+    "EvaluationProgress": ".tuner",
+    "TuneConfig": ".config",
+    "PRESETS": ".config",
+    "Backend": ".backends.base",
+    "BackendInfo": ".backends.base",
+    "ScoringBatch": ".backends.base",
+    "Query": ".backends.base",
+    "ModelKind": ".backends.base",
+    "LocalBackend": ".backends.local",
+    "RemoteBackend": ".backends.remote",
+    "Task": ".tasks.task",
+    "custom_task": ".tasks.task",
+    "TaskSpec": ".tasks.spec",
+    "get_task": ".tasks.catalog",
+    "TASKS": ".tasks.catalog",
+    "FewShotSplit": ".fewshot",
+    "Projection": ".projection",
+    "ProjectionSpec": ".projection",
+    "evaluate_prompt": ".evaluation",
+}
+
+__all__ = [
+    "PRESETS", "TASKS", "AuthenticationError", "Backend", "BackendError", "BackendInfo", "BadResponseError",
+    "BlackBoxTuner", "BudgetExhaustedError", "ConfigError", "ConnectionLostError", "DataError",
+    "EvaluationProgress", "FewShotSplit", "FitResult", "GenerationReport", "IncompatibleServiceError",
+    "InputTooLongError", "LmaasTuneError", "LocalBackend", "ModelKind", "ModelLoadError", "ModelNotFoundError",
+    "NonFiniteLossError", "Projection", "ProjectionSpec", "Query", "RateLimitError", "RejectedError",
+    "RemoteBackend", "RemoteError", "RemoteTimeoutError", "RunDirectoryError", "RunInterrupted", "ScoringBatch",
+    "ServerError", "Task", "TaskSpec", "TemplateError", "TuneConfig", "UnknownNameError", "VerbalizerError",
+    "WireFormatError", "__version__", "custom_task", "evaluate_prompt", "get_task",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later accesses skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

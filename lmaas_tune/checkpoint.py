@@ -176,7 +176,7 @@ class Checkpoint:
             raise RunDirectoryError(f"{self.where} is malformed ({type(exc).__name__}: {exc})") from None
         mine, theirs = rebuilt.to_dict(), saved.to_dict()
         changed = sorted(k for k in mine if mine[k] != theirs[k] and not (
-            k == "scale" and math.isclose(mine[k], theirs[k], rel_tol=1e-5)))  # type: ignore[arg-type]
+            k == "scale" and math.isclose(rebuilt.scale, saved.scale, rel_tol=1e-5)))
         if changed:
             raise ConfigError(
                 f"{self.where}: the projection rebuilt for this model differs from the run's in {changed} "

@@ -13,6 +13,8 @@ class LmaasTuneError(Exception):
 
     #: process exit code the CLI uses for this error (2 = usage, 1 = runtime)
     exit_code: int = 1
+    #: an optional second line for the CLI to print (e.g. how to resume a stopped run)
+    hint: str | None = None
 
 
 class ConfigError(LmaasTuneError, ValueError):

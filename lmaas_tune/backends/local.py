@@ -197,7 +197,7 @@ class LocalBackend(Backend):
                 f"shorten the texts, or use a shorter prompt"
             )
         with torch.inference_mode():
-            prompt_t = None if plen == 0 else torch.from_numpy(prompts).to(self._device, self._dtype)  # type: ignore[arg-type]
+            prompt_t = None if prompts is None or plen == 0 else torch.from_numpy(prompts).to(self._device, self._dtype)
             label_w = self._out_emb.weight[list(enc.label_ids)].float()
             bias = getattr(self._out_emb, "bias", None)
             label_b = bias[list(enc.label_ids)].float() if bias is not None else None

@@ -137,7 +137,9 @@ def converted_gguf_dir(gguf: Path) -> Path:
     for obj in (model.config, config):
         if hasattr(obj, "quantization_config"):
             delattr(obj, "quantization_config")
-    model.hf_quantizer = None
+    # transformers sets hf_quantizer dynamically and does not declare it on PreTrainedModel, so mypy
+    # falls back to nn.Module.__setattr__ (Tensor | Module values only).
+    model.hf_quantizer = None  # type: ignore[assignment]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:

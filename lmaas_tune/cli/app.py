@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional, ParamSpec, TypedDict, TypeVar
 
 import typer
 from rich.logging import RichHandler
@@ -41,14 +41,15 @@ out = make_console()
 err = make_console(stderr=True)
 _state = {"debug": False}
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _one_line(exc: BaseException) -> str:
     return escape(re.sub(r"\s*\n\s*", " ", str(exc)).strip())
 
 
-def handled(fn: F) -> F:
+def handled(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn package errors into one red line and an exit code (2 usage, 1 runtime); --debug shows tracebacks.
 
     An error may carry a ``hint`` (printed on a second line: how to resume a stopped run). A
@@ -56,7 +57,7 @@ def handled(fn: F) -> F:
     """
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except RunInterrupted as exc:
@@ -78,7 +79,7 @@ def handled(fn: F) -> F:
             err.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _print_hint(exc: BaseException) -> None:
@@ -165,11 +166,20 @@ def _open(settings: BackendSettings, display: Display) -> Any:
 # -- commands ------------------------------------------------------------------------------------
 
 
+class _TaskRow(TypedDict):
+    task: str
+    kind: str
+    template: str
+    label_words: list[str]
+    metric: str
+    description: str
+
+
 @app.command("tasks")
 @handled
 def tasks_cmd(json_out: JsonOpt = False) -> None:
     """List the registered tasks with their templates and label words."""
-    rows = []
+    rows: list[_TaskRow] = []
     for name, task in TASKS.items():
         for kind, fmt in (("masked", task.masked), ("causal", task.causal)):
             if fmt is not None:
@@ -344,7 +354,7 @@ def _with_hint(exc: LmaasTuneError, run_dir: Path) -> LmaasTuneError:
         return exc
     done = checkpoint.progress(run_dir)
     where = f" after generation {done[0]} ({done[1]} of {done[2]} calls)" if done else ""
-    exc.hint = f"the run is saved{where}; continue it with: lmaas-tune fit --resume {run_dir}"  # type: ignore[attr-defined]
+    exc.hint = f"the run is saved{where}; continue it with: lmaas-tune fit --resume {run_dir}"
     return exc
 
 

@@ -76,7 +76,11 @@ class ScoringService:
     async def score(self, request: web.Request) -> web.Response:
         body = await read_json(request, self.config.max_body_bytes)
         req = decode_score(body, self.model, self.config)
-        stored = self._stored(req.batch_key) if req.batch_key else await self._register(req.batch)  # type: ignore[arg-type]
+        if req.batch_key:
+            stored = self._stored(req.batch_key)
+        else:
+            assert req.batch is not None  # decode_score sets exactly one of batch_key and batch
+            stored = await self._register(req.batch)
         longest = max(stored.token_lengths) + req.prompt_length
         if longest > self.model.max_length:
             raise WireFormatError(req.length_field, f"a {req.prompt_length}-token prompt and the longest query "

@@ -130,7 +130,8 @@ class DynamicBatcher:
     def _take(self) -> list[_Job]:
         """The oldest job and the jobs that can share its pass, up to the pass size."""
         head = self._pending[0]
-        taken, rows = [], 0
+        taken: list[_Job] = []
+        rows = 0
         for job in self._pending:
             if job.group != head.group:
                 continue

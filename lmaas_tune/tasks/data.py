@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -132,8 +132,8 @@ class TableSource:
         return out
 
 
-def infer_label_values(raw: "Sequence[str] | object") -> tuple[str, ...]:
-    vals = sorted({str(v).strip() for v in raw})  # type: ignore[attr-defined]
+def infer_label_values(raw: Iterable[object]) -> tuple[str, ...]:
+    vals = sorted({str(v).strip() for v in raw})
     if all(v.lstrip("-").isdigit() for v in vals):
         vals.sort(key=int)
     return tuple(vals)
@@ -154,7 +154,7 @@ class HubSource:
 
     def load(self, split: str, num_labels: int) -> list[Example]:
         try:
-            import datasets  # type: ignore[import-not-found]
+            import datasets
         except ImportError as exc:
             raise ConfigError(
                 f"task data comes from the Hugging Face dataset {self.dataset!r}; install "

@@ -39,7 +39,9 @@ class TaskSpec:
         if self.name in TASKS:
             task = TASKS.get(self.name).with_format(self.template, self.label_words)
             if self.train is not None:
-                fields = (task.causal or task.masked).template.fields  # type: ignore[union-attr]
+                fmt = task.causal or task.masked
+                assert fmt is not None  # a Task always has a format
+                fields = fmt.template.fields
                 cols = {f: f for f in fields}
                 cols.update(self.columns)
                 task = replace(task, source=TableSource(self.train, self.test or "", cols, self.label_column, tuple(self.labels or ())))

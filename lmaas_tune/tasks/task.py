@@ -32,10 +32,15 @@ class Task:
             raise ConfigError(f"task {self.name!r}: its prompt formats disagree on the number of labels")
 
     @property
-    def num_labels(self) -> int:
+    def _masked_or_causal(self) -> PromptFormat:
+        """The masked format if there is one, else the causal one (``__post_init__`` ensures one)."""
         fmt = self.masked or self.causal
         assert fmt is not None
-        return len(fmt.label_words)
+        return fmt
+
+    @property
+    def num_labels(self) -> int:
+        return len(self._masked_or_causal.label_words)
 
     def format_for(self, kind: ModelKind) -> PromptFormat:
         fmt = self.masked if kind is ModelKind.MASKED else self.causal
@@ -56,7 +61,9 @@ class Task:
             return PromptFormat.of(template or cur.template.text, label_words or cur.label_words)
 
         if template is not None:  # one template serves both model kinds
-            fmt = swap(self.causal or self.masked)  # type: ignore[arg-type]
+            cur = self.causal or self.masked
+            assert cur is not None  # __post_init__ ensures a format
+            fmt = swap(cur)
             task = replace(self, masked=fmt, causal=fmt)
         else:
             task = replace(
@@ -73,7 +80,7 @@ class Task:
     def load(self, split: str) -> list[Example]:
         """``split`` is ``"train"`` (the pool few-shot splits are drawn from) or ``"test"``."""
         examples = self.source.load(split, self.num_labels)
-        fields = set((self.masked or self.causal).template.fields)  # type: ignore[union-attr]
+        fields = set(self._masked_or_causal.template.fields)
         if examples and not fields <= set(examples[0].texts):
             raise TemplateError(
                 f"task {self.name!r}: the template needs field(s) {sorted(fields - set(examples[0].texts))} "

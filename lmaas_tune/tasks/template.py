@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..backends.base import ModelKind, Query
@@ -96,7 +96,7 @@ class PromptFormat:
             raise VerbalizerError(f"label words repeat: {dupes}; give one distinct word per label")
 
     @classmethod
-    def of(cls, template: str, label_words: tuple[str, ...] | list[str] | str) -> "PromptFormat":
+    def of(cls, template: str, label_words: Sequence[str] | str) -> "PromptFormat":
         if isinstance(label_words, str):
             label_words = tuple(w for w in label_words.split(",") if w.strip())
         return cls(Template(template), tuple(label_words))
