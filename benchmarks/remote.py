@@ -29,8 +29,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 from aiohttp import web
+from instant_backend import InstantBackend
 
-from lmaas_tune.backends.base import Backend, BackendInfo, ModelKind, Query, ScoringBatch, check_prompts
+from lmaas_tune.backends.base import (
+    Query,
+    ScoringBatch,
+)
 from lmaas_tune.backends.ratelimit import EndpointLimits
 from lmaas_tune.backends.remote import RemoteBackend
 from lmaas_tune.backends.wire import encode_array
@@ -41,33 +45,12 @@ from lmaas_tune.server import RunningServer, ServerConfig, create_app
 HIDDEN, PROMPT_LENGTH, POPSIZE = 64, 10, 20
 
 
-class InstantBackend(Backend):
-    """Deterministic logits from the prompts' means; no model, no thread, no waiting."""
-
-    def __init__(self) -> None:
-        self._info = BackendInfo(model_id="instant", kind=ModelKind.CAUSAL, hidden_size=HIDDEN, num_layers=0,
-                                 embedding_std=0.02, max_length=4096, max_concurrency=64)
-
-    @property
-    def info(self) -> BackendInfo:
-        return self._info
-
-    async def token_lengths(self, batch: ScoringBatch) -> tuple[int, ...]:
-        return tuple(len(q.prefix.split()) + 1 for q in batch.queries)
-
-    async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
-        arr = check_prompts(prompts, self._info)
-        means = np.zeros(1) if arr is None else arr.mean(axis=(1, 2))
-        grid = np.arange(len(batch) * len(batch.label_words), dtype=np.float32).reshape(len(batch), -1)
-        return (means[:, None, None] + grid[None]).astype(np.float32)
-
-
 BATCH = ScoringBatch(tuple(Query(f"sentence number {i} was") for i in range(32)), ("bad", "great"))
 
 
 async def _service(latency: float) -> RunningServer:
     config = ServerConfig(port=0, batch_window_s=0.002)
-    backend = InstantBackend()
+    backend = InstantBackend(HIDDEN)
     app = create_app(backend, config)
 
     @web.middleware
@@ -127,7 +110,7 @@ async def client_overhead(calls: int) -> dict[str, float]:
             raw_rate = calls / (time.perf_counter() - start)
     finally:
         await server.stop()
-    backend = InstantBackend()
+    backend = InstantBackend(HIDDEN)
     start = time.perf_counter()
     for _ in range(calls):
         await backend.score(prompt, BATCH)

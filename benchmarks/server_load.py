@@ -32,8 +32,13 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from instant_backend import InstantBackend
 
-from lmaas_tune.backends.base import Backend, BackendInfo, ModelKind, Query, ScoringBatch, check_prompts
+from lmaas_tune.backends.base import (
+    Backend,
+    Query,
+    ScoringBatch,
+)
 from lmaas_tune.backends.wire import encode_array, encode_batch
 from lmaas_tune.server import RunningServer, ServerConfig
 
@@ -115,27 +120,6 @@ async def run_load(url: str, *, clients: int = 32, requests: int = 20, prompts: 
 # -- the service under load ---------------------------------------------------------------------------
 
 
-class InstantBackend(Backend):
-    """Logits from the prompts' means: no model, no waiting."""
-
-    def __init__(self, hidden: int = 64) -> None:
-        self._info = BackendInfo(model_id="instant", kind=ModelKind.CAUSAL, hidden_size=hidden, num_layers=0,
-                                 embedding_std=0.02, max_length=4096, max_concurrency=4)
-
-    @property
-    def info(self) -> BackendInfo:
-        return self._info
-
-    async def token_lengths(self, batch: ScoringBatch) -> tuple[int, ...]:
-        return tuple(len(q.prefix.split()) + 1 for q in batch.queries)
-
-    async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
-        arr = check_prompts(prompts, self._info)
-        means = np.zeros(1) if arr is None else arr.mean(axis=(1, 2))
-        grid = np.arange(len(batch) * len(batch.label_words), dtype=np.float32).reshape(len(batch), -1)
-        return (means[:, None, None] + grid[None]).astype(np.float32)
-
-
 def tiny_llama(directory: str) -> str:
     """Save a tiny random Llama (and a tokenizer trained on a few sentences) into ``directory``."""
     import torch
@@ -161,7 +145,7 @@ def tiny_llama(directory: str) -> str:
 
 def open_backend(name: str, workdir: str) -> Backend:
     if name == "instant":
-        return InstantBackend()
+        return InstantBackend(max_concurrency=4)
     from lmaas_tune.backends.local import LocalBackend
 
     model = tiny_llama(workdir) if name == "tiny" else name

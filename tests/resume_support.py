@@ -1,8 +1,15 @@
-"""Helpers for the checkpoint and resume tests (not a test module): comparing run directories."""
+"""Helpers for the checkpoint, resume and CLI-process tests (not a test module)."""
 
 from __future__ import annotations
 
 import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +50,6 @@ class CliProcess:
     """The installed ``lmaas-tune`` console script as a real process; its stderr read by a thread."""
 
     def __init__(self, args: list[str], **env: str) -> None:
-        import os
-        import queue
-        import shutil
-        import subprocess
-        import sys
-        import threading
-
         exe = shutil.which("lmaas-tune") or str(Path(sys.executable).parent / "lmaas-tune")
         full_env = {k: v for k, v in os.environ.items() if k != "LMAAS_TUNE_TEST_PAUSE"}
         full_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env})
@@ -67,11 +67,12 @@ class CliProcess:
             self._queue.put(line)
         self._queue.put(None)
 
-    def wait_for(self, needle: str, limit_s: float = 300.0) -> None:
-        """Block until a stderr line contains ``needle`` (fails if the process ends first)."""
-        import queue
-        import time
+    def wait_for(self, needle: str, limit_s: float = 300.0) -> str:
+        """Block until a stderr line contains ``needle`` and return it (fails if the process ends first).
 
+        A thread reads stderr into a queue: select() on the pipe would miss lines already sitting
+        in the file object's buffer when several arrive in one chunk.
+        """
         deadline = time.monotonic() + limit_s
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -81,7 +82,7 @@ class CliProcess:
             if line is None:
                 break
             if needle in line:
-                return
+                return line
         self.proc.kill()
         raise AssertionError(f"never saw {needle!r} on stderr:\n" + "".join(self.lines))
 

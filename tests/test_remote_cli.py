@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import queue
-import shutil
 import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from remote_support import sentiment_task
+from resume_support import CliProcess
 from typer.testing import CliRunner
 
 from lmaas_tune.cli import app
@@ -26,73 +20,25 @@ TINY = ["--budget", "10", "--popsize", "4", "--prompt-length", "2", "--intrinsic
         "--eval-every", "4", "--seed", "3", "--json"]
 
 
-def _exe() -> str:
-    return shutil.which("lmaas-tune") or str(Path(sys.executable).parent / "lmaas-tune")
-
-
-class ServerLog:
-    """Everything the server writes to stderr, read by a thread as it arrives.
-
-    (select() on the pipe would miss lines already sitting in the file object's buffer when
-    several arrive in one chunk.)
-    """
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for_url(self, limit_s: float = 180.0) -> str:
-        deadline = time.monotonic() + limit_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
-            if match:
-                return match.group(1)
-        self.proc.kill()
-        raise AssertionError("lmaas-tune serve did not start:\n" + "".join(self.lines))
-
-    def rest(self, timeout: float = 60.0) -> str:
-        """Wait for the process to exit; all it wrote."""
-        self.proc.wait(timeout=timeout)
-        self._thread.join(timeout=timeout)
-        return "".join(self.lines)
-
-
 @pytest.fixture
-def token_server(llama_dir: Path) -> Iterator[tuple[ServerLog, str]]:
-    env = {**os.environ, "SERVE_TEST_TOKEN": "tok-123", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([_exe(), "serve", "--model", str(llama_dir), "--device", "cpu", "--port", "0",
-                             "--token-env", "SERVE_TEST_TOKEN"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, env=env)
+def token_server(llama_dir: Path) -> Iterator[tuple[CliProcess, str]]:
+    proc = CliProcess(["serve", "--model", str(llama_dir), "--device", "cpu", "--port", "0",
+                       "--token-env", "SERVE_TEST_TOKEN"], SERVE_TEST_TOKEN="tok-123")
     try:
-        log = ServerLog(proc)
-        yield log, log.wait_for_url()
+        line = proc.wait_for("on http://127.0.0.1:", limit_s=180)
+        match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        assert match, line
+        yield proc, match.group(1)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
 
 
 def test_served_fit_equals_local_fit_then_the_server_stops_cleanly(
-        token_server: tuple[ServerLog, str], llama_dir: Path, tmp_path: Path,
+        token_server: tuple[CliProcess, str], llama_dir: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    log, url = token_server
-    proc = log.proc
+    server, url = token_server
     task = ["--task", "custom", "--template", "{sentence} . It was {mask}", "--label-words", "bad,great"]
     sentiment_task(tmp_path)
     data = ["--train-file", str(tmp_path / "train.tsv"), "--test-file", str(tmp_path / "test.tsv")]
@@ -121,9 +67,9 @@ def test_served_fit_equals_local_fit_then_the_server_stops_cleanly(
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["value"] == remote["test"]["value"]
 
-    proc.send_signal(signal.SIGINT)
-    rest = log.rest()
-    assert proc.returncode == 0, rest
+    server.signal(signal.SIGINT)
+    code, _, rest = server.finish(timeout=60)
+    assert code == 0, rest
     assert "stopped" in rest
 
 

@@ -22,6 +22,8 @@ def _load_module():  # noqa: ANN202 - a module object
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["server_load"] = module  # dataclasses look their module up there
+    if str(SCRIPT.parent) not in sys.path:  # as when run as a script: its folder's modules import
+        sys.path.insert(0, str(SCRIPT.parent))
     spec.loader.exec_module(module)
     return module
 
