@@ -10,6 +10,7 @@ import numpy as np
 
 from .backends.base import Backend, ScoringBatch
 from .errors import ConfigError, DataError
+from .losses import predictions
 from .tasks.data import Example
 from .tasks.metrics import METRICS
 from .tasks.task import Task
@@ -85,7 +86,7 @@ class Evaluation:
 
 def summarise(logits: np.ndarray, data: LabelledBatch, metric: str) -> Evaluation:
     """Metric of ``logits [N, C]`` against ``data``'s labels."""
-    pred = logits.argmax(axis=-1)
+    pred = predictions(logits)
     value = METRICS.get(metric)(pred, data.labels)
     acc = METRICS.get("accuracy")(pred, data.labels)
     return Evaluation(metric, float(value), float(acc), len(data), data.dropped, tuple(int(p) for p in pred))

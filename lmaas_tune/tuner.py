@@ -285,9 +285,15 @@ class BlackBoxTuner:
         assert best is not None and best_dev is not None
         test_eval = manual = None
         if self.evaluate_test:
-            test_eval = await self._test(s.project(best.z)[0])
+            prompt = s.project(best.z)[0]
+            examples = self._test_examples if self._test_examples is not None else self.task.load("test")
+            # One prepared test set for both, so the manual prompt is scored on exactly the examples
+            # the tuned prompt was (inputs dropped as too long with the prompt are dropped for both).
+            data = await prepare(self.backend, task, examples, len(prompt), what="test examples",
+                                 on_long=self.config.on_long)
+            test_eval = await self._test(prompt, data)
             if self.evaluate_manual:
-                manual = await self._test(None)
+                manual = await self._test(None, data)
         wall = time.perf_counter() - start
         result = FitResult(best.z, s.spec, task.metric, best_dev, best.loss, test_eval, manual, ledger.calls, wall,
                            ledger.to_dict(), run.path if run else None)
@@ -306,11 +312,8 @@ class BlackBoxTuner:
         logits = await scheduler.evaluate(project(zs), dev.batch, charged=False, z=zs, projection=project)
         return summarise(logits[0], dev, self.task.metric).value
 
-    async def _test(self, prompt: np.ndarray | None) -> Evaluation:
-        """Score ``prompt`` (``None``: the manual template alone) on the test set."""
-        plen = 0 if prompt is None else len(prompt)
-        examples = self._test_examples if self._test_examples is not None else self.task.load("test")
-        data = await prepare(self.backend, self.task, examples, plen, what="test examples", on_long=self.config.on_long)
+    async def _test(self, prompt: np.ndarray | None, data: LabelledBatch) -> Evaluation:
+        """Score ``prompt`` (``None``: the manual template alone) on the prepared test set."""
         logits = await score_in_chunks(
             self.backend, prompt, data,
             progress=lambda d, t: self._emit(EvaluationProgress(d, t, "test" if prompt is not None else "manual")),

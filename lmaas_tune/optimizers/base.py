@@ -39,10 +39,6 @@ class Optimizer(abc.ABC):
         """Generations told so far."""
 
     @abc.abstractmethod
-    def state_dict(self) -> dict[str, object]:
-        """A short JSON-ready summary (generation, step size, best loss) for logs."""
-
-    @abc.abstractmethod
     def checkpoint(self) -> tuple[dict[str, Any], bytes]:
         """The full state: a JSON-ready dict and opaque bytes (see the module docstring)."""
 

@@ -104,9 +104,6 @@ class CMAES(Optimizer):
     def sigma(self) -> float:
         return float(self._es.sigma)
 
-    def state_dict(self) -> dict[str, object]:
-        return {"generation": self.generation, "sigma": self.sigma, "best_loss": self.best_loss}
-
     def checkpoint(self) -> tuple[dict[str, Any], bytes]:
         kind, keys, pos, has_gauss, gauss = self._rng["rng"]
         state = {
