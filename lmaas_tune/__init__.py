@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .backends.local import LocalBackend
     from .backends.remote import RemoteBackend
     from .config import PRESETS, TuneConfig
+    from .events import BudgetSpent, DevChecked, EventStream, Retry
     from .evaluation import evaluate_prompt
     from .fewshot import FewShotSplit
     from .projection import Projection, ProjectionSpec
@@ -62,6 +63,10 @@ _LAZY: dict[str, str] = {
     "FitResult": ".tuner",
     "GenerationReport": ".tuner",
     "EvaluationProgress": ".tuner",
+    "DevChecked": ".events",
+    "Retry": ".events",
+    "BudgetSpent": ".events",
+    "EventStream": ".events",
     "TuneConfig": ".config",
     "PRESETS": ".config",
     "Backend": ".backends.base",
@@ -84,11 +89,11 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "PRESETS", "TASKS", "AuthenticationError", "Backend", "BackendError", "BackendInfo", "BadResponseError",
-    "BlackBoxTuner", "BudgetExhaustedError", "ConfigError", "ConnectionLostError", "DataError",
-    "EvaluationProgress", "FewShotSplit", "FitResult", "GenerationReport", "IncompatibleServiceError",
-    "InputTooLongError", "LmaasTuneError", "LocalBackend", "ModelKind", "ModelLoadError", "ModelNotFoundError",
+    "BlackBoxTuner", "BudgetExhaustedError", "BudgetSpent", "ConfigError", "ConnectionLostError", "DataError",
+    "DevChecked", "EvaluationProgress", "EventStream", "FewShotSplit", "FitResult", "GenerationReport",
+    "IncompatibleServiceError", "InputTooLongError", "LmaasTuneError", "LocalBackend", "ModelKind", "ModelLoadError", "ModelNotFoundError",
     "NonFiniteLossError", "Projection", "ProjectionSpec", "Query", "RateLimitError", "RejectedError",
-    "RemoteBackend", "RemoteError", "RemoteTimeoutError", "RunDirectoryError", "RunInterrupted", "ScoringBatch",
+    "RemoteBackend", "RemoteError", "RemoteTimeoutError", "Retry", "RunDirectoryError", "RunInterrupted", "ScoringBatch",
     "ServerError", "Task", "TaskSpec", "TemplateError", "TuneConfig", "UnknownNameError", "VerbalizerError",
     "WireFormatError", "__version__", "custom_task", "evaluate_prompt", "get_task",
 ]

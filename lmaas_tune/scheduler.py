@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,7 @@ import numpy as np
 from .backends.base import Backend, ScoringBatch
 from .backends.traffic import TrafficMeter, metering
 from .errors import BackendError
+from .events import Retry
 from .ledger import BudgetLedger
 from .projection import Projection
 
@@ -45,6 +47,9 @@ class PopulationScheduler:
     Attempts, retries, failures and bytes: a backend that reports its own transport traffic
     (see :mod:`lmaas_tune.backends.traffic`; the remote backend does, one attempt per HTTP
     request) is recorded as reported; otherwise each ``score`` call counts as one attempt.
+
+    ``events``, when given, receives a :class:`~lmaas_tune.events.Retry` for every retry: the
+    scheduler's own as it waits, a backend's once its chunk is scored.
     """
 
     def __init__(
@@ -55,6 +60,7 @@ class PopulationScheduler:
         concurrency: int | None = None,
         chunk_size: int | None = None,
         retry: RetryPolicy = RetryPolicy(),
+        events: Callable[[Retry], None] | None = None,
     ) -> None:
         self.backend = backend
         self.ledger = ledger
@@ -62,6 +68,7 @@ class PopulationScheduler:
         self.concurrency = max(1, concurrency or info.max_concurrency)
         self.chunk_size = chunk_size or info.max_prompts_per_call
         self.retry = retry
+        self.events = events
 
     async def evaluate(
         self,
@@ -122,6 +129,8 @@ class PopulationScheduler:
                 self.ledger.retries += 1
                 wait = self.retry.delay(attempt)
                 log.warning("scoring failed (%s); retry %d in %.1fs", exc, attempt + 1, wait)
+                if self.events is not None:
+                    self.events(Retry(1, str(exc), wait))
                 await asyncio.sleep(wait)
                 continue
             except asyncio.CancelledError:
@@ -145,6 +154,8 @@ class PopulationScheduler:
             led.failures += meter.failures
             led.bytes_up += meter.bytes_up
             led.bytes_down += meter.bytes_down
+            if meter.retries and self.events is not None:
+                self.events(Retry(meter.retries, f"the backend retried {meter.retries} request(s)"))
         else:
             led.attempts += 1
             led.failures += int(failed)

@@ -30,6 +30,7 @@ from .backends.base import Backend
 from .checkpoint import Candidate, LoopState, load_checkpoint, mark_stopped, save_checkpoint, test_hook
 from .config import TuneConfig
 from .errors import ConfigError, RunDirectoryError
+from .events import BudgetSpent, DevChecked, EventStream, Retry
 from .evaluation import Evaluation, LabelledBatch, prepare, score_in_chunks, summarise
 from .fewshot import FewShotSplit
 from .ledger import BudgetLedger
@@ -74,7 +75,7 @@ class EvaluationProgress:
     what: str = "test"
 
 
-Event = GenerationReport | EvaluationProgress
+Event = GenerationReport | EvaluationProgress | DevChecked | Retry | BudgetSpent
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,25 @@ class BlackBoxTuner:
         for cb in self.callbacks:
             cb(event)
 
+    def stream(self, *, resume: bool = False) -> "EventStream[Event, FitResult]":
+        """``fit`` in a task of its own, as an async iterator of its events ending with the result::
+
+            async with tuner.stream() as events:
+                async for item in events:
+                    if isinstance(item, FitResult): ...
+
+        Leaving the block early cancels the fit (its run directory stays resumable).
+        """
+
+        async def job(emit: Callable[[Event], None]) -> FitResult:
+            self.callbacks.append(emit)
+            try:
+                return await self.fit(resume=resume)
+            finally:
+                self.callbacks.remove(emit)
+
+        return EventStream(job)
+
     async def fit(self, *, resume: bool = False) -> FitResult:
         """Run the tuning; with ``resume``, continue the run in ``run_dir`` from its last checkpoint."""
         run = self._open_run(resume) if resume else None
@@ -181,7 +201,11 @@ class BlackBoxTuner:
                     run.append_history(report.to_record())
                     test_hook("history", report.generation)
                     s.committed = save_checkpoint(run, s.state, s.ledger, s.opt, s.spec, s.discarded)
+                if report.dev_metric is not None and report.best_dev is not None:
+                    self._emit(DevChecked(report.generation, report.calls, self.task.metric, report.dev_metric,
+                                          report.best_dev, s.state.best_generation == report.generation))
                 self._emit(report)
+            self._emit(BudgetSpent(s.ledger.calls, s.ledger.budget, s.state.generation, s.state.elapsed))
             if run is not None:
                 test_hook("evaluate", s.state.generation)
             return await self._finish(s, start)
@@ -221,7 +245,7 @@ class BlackBoxTuner:
         ledger = BudgetLedger(cfg.budget)
         return _Session(None, train, dev, Projection(spec),
                         CMAES(cfg.intrinsic_dim, popsize=cfg.popsize, sigma0=cfg.sigma0, seed=cfg.seed, bounds=cfg.bounds),
-                        ledger, PopulationScheduler(backend, ledger, concurrency=self.concurrency),
+                        ledger, PopulationScheduler(backend, ledger, concurrency=self.concurrency, events=self._emit),
                         LoopState(next_check=cfg.eval_every))
 
     def _attach(self, s: _Session, run: RunDirectory) -> None:
