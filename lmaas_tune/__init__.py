@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from .evaluation import evaluate_prompt
     from .fewshot import FewShotSplit
     from .projection import Projection, ProjectionSpec
+    from .reports import RunReport, RunSummary, plot_runs, read_runs
     from .tasks.catalog import TASKS, get_task
     from .tasks.spec import TaskSpec
     from .tasks.task import Task, custom_task
@@ -85,17 +86,22 @@ _LAZY: dict[str, str] = {
     "Projection": ".projection",
     "ProjectionSpec": ".projection",
     "evaluate_prompt": ".evaluation",
+    "RunReport": ".reports",
+    "RunSummary": ".reports",
+    "read_runs": ".reports",
+    "plot_runs": ".reports",
 }
 
 __all__ = [
     "PRESETS", "TASKS", "AuthenticationError", "Backend", "BackendError", "BackendInfo", "BadResponseError",
     "BlackBoxTuner", "BudgetExhaustedError", "BudgetSpent", "ConfigError", "ConnectionLostError", "DataError",
     "DevChecked", "EvaluationProgress", "EventStream", "FewShotSplit", "FitResult", "GenerationReport",
-    "IncompatibleServiceError", "InputTooLongError", "LmaasTuneError", "LocalBackend", "ModelKind", "ModelLoadError", "ModelNotFoundError",
-    "NonFiniteLossError", "Projection", "ProjectionSpec", "Query", "RateLimitError", "RejectedError",
-    "RemoteBackend", "RemoteError", "RemoteTimeoutError", "Retry", "RunDirectoryError", "RunInterrupted", "ScoringBatch",
-    "ServerError", "Task", "TaskSpec", "TemplateError", "TuneConfig", "UnknownNameError", "VerbalizerError",
-    "WireFormatError", "__version__", "custom_task", "evaluate_prompt", "get_task",
+    "IncompatibleServiceError", "InputTooLongError", "LmaasTuneError", "LocalBackend", "ModelKind", "ModelLoadError",
+    "ModelNotFoundError", "NonFiniteLossError", "Projection", "ProjectionSpec", "Query", "RateLimitError",
+    "RejectedError", "RemoteBackend", "RemoteError", "RemoteTimeoutError", "Retry", "RunDirectoryError",
+    "RunInterrupted", "RunReport", "RunSummary", "ScoringBatch", "ServerError", "Task", "TaskSpec", "TemplateError",
+    "TuneConfig", "UnknownNameError", "VerbalizerError", "WireFormatError", "__version__", "custom_task",
+    "evaluate_prompt", "get_task", "plot_runs", "read_runs",
 ]
 
 
