@@ -47,10 +47,11 @@ if TYPE_CHECKING:
     from .backends.base import Backend, BackendInfo, ModelKind, Query, ScoringBatch
     from .backends.local import LocalBackend
     from .backends.remote import RemoteBackend
-    from .config import PRESETS, TuneConfig
+    from .config import METHOD_PRESETS, PRESETS, TuneConfig, tune_config
     from .events import BudgetSpent, DevChecked, EventStream, Retry
     from .evaluation import evaluate_prompt
     from .fewshot import FewShotSplit
+    from .predict import Prediction, predict
     from .projection import Projection, ProjectionSpec
     from .reports import RunReport, RunSummary, plot_runs, read_runs
     from .tasks.catalog import TASKS, get_task
@@ -70,6 +71,10 @@ _LAZY: dict[str, str] = {
     "EventStream": ".events",
     "TuneConfig": ".config",
     "PRESETS": ".config",
+    "METHOD_PRESETS": ".config",
+    "tune_config": ".config",
+    "predict": ".predict",
+    "Prediction": ".predict",
     "Backend": ".backends.base",
     "BackendInfo": ".backends.base",
     "ScoringBatch": ".backends.base",
@@ -102,6 +107,7 @@ __all__ = [
     "RunInterrupted", "RunReport", "RunSummary", "ScoringBatch", "ServerError", "Task", "TaskSpec", "TemplateError",
     "TuneConfig", "UnknownNameError", "VerbalizerError", "WireFormatError", "__version__", "custom_task",
     "evaluate_prompt", "get_task", "plot_runs", "read_runs",
+    "METHOD_PRESETS", "Prediction", "predict", "tune_config",
 ]
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from .errors import ConfigError, RunDirectoryError
 from .ledger import BudgetLedger
 from .optimizers.base import Optimizer
+from .deep_projection import DeepProjectionSpec, spec_from_dict
 from .projection import ProjectionSpec
 from .runs import RunDirectory, atomic_write
 
@@ -118,7 +119,7 @@ class LoopState:
 
 
 def save_checkpoint(run: RunDirectory, state: LoopState, ledger: BudgetLedger, optimizer: Optimizer,
-                    projection: ProjectionSpec, discarded: dict[str, int]) -> dict[str, Any]:
+                    projection: ProjectionSpec | DeepProjectionSpec, discarded: dict[str, int]) -> dict[str, Any]:
     """Commit the state after ``state.generation`` (see the module docstring); returns what was written."""
     opt_state, blob = optimizer.checkpoint()
     name = f"checkpoint-cma-{state.generation:06d}.pkl"
@@ -163,25 +164,26 @@ class Checkpoint:
     def discarded(self) -> dict[str, int]:
         return {k: int(self.doc["discarded"].get(k, 0)) for k in _COUNTERS}
 
-    def projection(self, rebuilt: ProjectionSpec) -> ProjectionSpec:
+    def projection(self, rebuilt: ProjectionSpec | DeepProjectionSpec) -> ProjectionSpec | DeepProjectionSpec:
         """The run's projection spec, checked against the one ``rebuilt`` for the model at hand.
 
         The scale derives from the model's embedding std, which another device may compute a few
         ulps apart: it may differ by a relative 1e-5 (the stored spec is used, so the prompts stay
-        exactly the run's); any other difference means another model.
+        exactly the run's); any other difference means another model. The per-layer scales of a
+        deep projection come from hidden states measured on the train batch, which another device
+        or precision computes less exactly: they may differ by a relative 1e-2.
         """
         try:
-            saved = ProjectionSpec(**self.doc["projection"])
-        except (KeyError, TypeError) as exc:
+            saved = spec_from_dict(self.doc["projection"])
+        except (KeyError, TypeError, ValueError) as exc:
             raise RunDirectoryError(f"{self.where} is malformed ({type(exc).__name__}: {exc})") from None
         mine, theirs = rebuilt.to_dict(), saved.to_dict()
-        changed = sorted(k for k in mine if mine[k] != theirs[k] and not (
-            k == "scale" and math.isclose(rebuilt.scale, saved.scale, rel_tol=1e-5)))
+        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and not _close(k, mine.get(k), theirs.get(k)))
         if changed:
             raise ConfigError(
                 f"{self.where}: the projection rebuilt for this model differs from the run's in {changed} "
-                f"({', '.join(f'{k} {theirs[k]} vs {mine[k]}' for k in changed)}); this is not the model the run "
-                f"was tuned on"
+                f"({', '.join(f'{k} {theirs.get(k)} vs {mine.get(k)}' for k in changed)}); this is not the model "
+                f"the run was tuned on"
             )
         return saved
 
@@ -193,6 +195,15 @@ class Checkpoint:
         except (KeyError, TypeError, ValueError) as exc:
             raise RunDirectoryError(f"{self.where} is malformed ({type(exc).__name__}: {exc})") from None
         optimizer.restore(self.doc["optimizer"]["state"], self.blob, where=self.where)
+
+
+def _close(key: str, a: Any, b: Any) -> bool:
+    """Whether two stored scale values agree within what another device may compute (see ``projection``)."""
+    if key == "scale" and isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-5)
+    if key == "scales" and isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return all(math.isclose(x, y, rel_tol=1e-2) for x, y in zip(a, b))
+    return False
 
 
 def load_checkpoint(run: RunDirectory) -> Checkpoint | None:

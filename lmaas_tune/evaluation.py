@@ -100,7 +100,7 @@ async def score_in_chunks(
     chunk: int = 64,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Logits ``[N, C]`` of one prompt (``[L, D]`` or None), ``chunk`` examples per call."""
+    """Logits ``[N, C]`` of one prompt (``[L, D]``, deep ``[layers, L, D]``, or None), ``chunk`` examples per call."""
     arr = None if prompt is None else np.asarray(prompt, dtype=np.float32)[None]
     out = []
     n = len(data.batch)
@@ -122,7 +122,7 @@ async def evaluate_prompt(
     on_long: str = "drop",
 ) -> Evaluation:
     """The task metric of ``prompt`` (``None``: the manual template alone) on ``examples``."""
-    plen = 0 if prompt is None else int(np.asarray(prompt).shape[0])
+    plen = 0 if prompt is None else int(np.asarray(prompt).shape[-2])  # [L, D], or deep [layers, L, D]
     data = await prepare(backend, task, examples, plen, what="test examples", on_long=on_long)
     logits = await score_in_chunks(backend, prompt, data, progress=progress)
     return summarise(logits, data, task.metric)

@@ -15,6 +15,7 @@ from .backends.traffic import TrafficMeter, metering
 from .errors import BackendError
 from .events import Retry
 from .ledger import BudgetLedger
+from .deep_projection import DeepProjection
 from .projection import Projection
 
 log = logging.getLogger("lmaas_tune")
@@ -77,7 +78,7 @@ class PopulationScheduler:
         *,
         charged: bool = True,
         z: np.ndarray | None = None,
-        projection: Projection | None = None,
+        projection: Projection | DeepProjection | None = None,
     ) -> np.ndarray:
         """Logits ``[P, N, C]``. With ``charged``, the P calls must already be reserved.
 
@@ -113,7 +114,8 @@ class PopulationScheduler:
         return np.concatenate([r for r in results if r is not None], axis=0)
 
     async def _attempt(
-        self, prompts: np.ndarray, batch: ScoringBatch, z: np.ndarray | None, projection: Projection | None
+        self, prompts: np.ndarray, batch: ScoringBatch, z: np.ndarray | None,
+        projection: Projection | DeepProjection | None
     ) -> np.ndarray:
         for attempt in range(self.retry.attempts):
             try:

@@ -35,8 +35,9 @@ from .evaluation import Evaluation, LabelledBatch, prepare, score_in_chunks, sum
 from .fewshot import FewShotSplit
 from .ledger import BudgetLedger
 from .losses import LOSSES
-from .optimizers import CMAES
-from .projection import Projection, ProjectionSpec
+from .deep_projection import build_projection, spec_from_dict
+from .methods import METHODS, AnyProjection, AnySpec
+from .optimizers import Optimizer
 from .runs import RESULT, RunDirectory
 from .scheduler import PopulationScheduler
 from .tasks.data import Example
@@ -81,7 +82,7 @@ Event = GenerationReport | EvaluationProgress | DevChecked | Retry | BudgetSpent
 @dataclass(frozen=True)
 class FitResult:
     best_z: np.ndarray
-    projection: ProjectionSpec
+    projection: AnySpec
     metric: str
     dev: float
     train_loss: float
@@ -100,8 +101,8 @@ class _Session:
     run: RunDirectory | None
     train: LabelledBatch
     dev: LabelledBatch
-    project: Projection
-    opt: CMAES
+    project: AnyProjection
+    opt: Optimizer
     ledger: BudgetLedger
     scheduler: PopulationScheduler
     state: LoopState
@@ -109,7 +110,7 @@ class _Session:
     discarded: dict[str, int] = field(default_factory=dict)
 
     @property
-    def spec(self) -> ProjectionSpec:
+    def spec(self) -> AnySpec:
         return self.project.spec
 
 
@@ -233,19 +234,14 @@ class BlackBoxTuner:
     async def _prepare(self) -> _Session:
         """The few-shot data, the projection and a fresh optimiser and ledger."""
         cfg, backend, task = self.config, self.backend, self.task
-        info = backend.info
         split = FewShotSplit.draw(task.load("train"), cfg.k_shot, cfg.seed, task.num_labels)
         train = await prepare(backend, task, split.train, cfg.prompt_length, what="train examples", on_long=cfg.on_long)
         dev = await prepare(backend, task, split.dev, cfg.prompt_length, what="dev examples", on_long=cfg.on_long)
-        spec = ProjectionSpec.for_model(
-            seed=cfg.seed, prompt_length=cfg.prompt_length, hidden_size=info.hidden_size,
-            intrinsic_dim=cfg.intrinsic_dim, embedding_std=info.embedding_std, alpha=cfg.alpha,
-            sigma0=cfg.sigma0, distribution=cfg.distribution,
-        )
+        method = METHODS.get(cfg.method)
+        space = method.space(cfg, await method.projection_spec(cfg, backend, train.batch))
         ledger = BudgetLedger(cfg.budget)
-        return _Session(None, train, dev, Projection(spec),
-                        CMAES(cfg.intrinsic_dim, popsize=cfg.popsize, sigma0=cfg.sigma0, seed=cfg.seed, bounds=cfg.bounds),
-                        ledger, PopulationScheduler(backend, ledger, concurrency=self.concurrency, events=self._emit),
+        return _Session(None, train, dev, space.projection, space.optimizer, ledger,
+                        PopulationScheduler(backend, ledger, concurrency=self.concurrency, events=self._emit),
                         LoopState(next_check=cfg.eval_every))
 
     def _attach(self, s: _Session, run: RunDirectory) -> None:
@@ -259,7 +255,7 @@ class BlackBoxTuner:
             return
         stored = saved.projection(spec)
         if stored != spec:
-            s.project = Projection(stored)
+            s.project = build_projection(stored)
         saved.restore(s.state, s.ledger, s.opt)
         s.committed, s.discarded = saved.doc, saved.discarded
         run.rewind_history(s.state.generation)
@@ -313,7 +309,7 @@ class BlackBoxTuner:
             examples = self._test_examples if self._test_examples is not None else self.task.load("test")
             # One prepared test set for both, so the manual prompt is scored on exactly the examples
             # the tuned prompt was (inputs dropped as too long with the prompt are dropped for both).
-            data = await prepare(self.backend, task, examples, len(prompt), what="test examples",
+            data = await prepare(self.backend, task, examples, prompt.shape[-2], what="test examples",
                                  on_long=self.config.on_long)
             test_eval = await self._test(prompt, data)
             if self.evaluate_manual:
@@ -331,7 +327,7 @@ class BlackBoxTuner:
             })
         return result
 
-    async def _dev_metric(self, scheduler: PopulationScheduler, project: Projection, z: np.ndarray, dev: LabelledBatch) -> float:
+    async def _dev_metric(self, scheduler: PopulationScheduler, project: AnyProjection, z: np.ndarray, dev: LabelledBatch) -> float:
         zs = np.atleast_2d(z)
         logits = await scheduler.evaluate(project(zs), dev.batch, charged=False, z=zs, projection=project)
         return summarise(logits[0], dev, self.task.metric).value
@@ -345,7 +341,7 @@ class BlackBoxTuner:
         return summarise(logits, data, self.task.metric)
 
     @staticmethod
-    def _best_record(best: Candidate, dev: float, spec: ProjectionSpec, generation: int) -> dict[str, Any]:
+    def _best_record(best: Candidate, dev: float, spec: AnySpec, generation: int) -> dict[str, Any]:
         return {"z": [float(x) for x in best.z], "projection": spec.to_dict(), "dev": dev,
                 "train_loss": best.loss, "found_at_calls": best.calls, "checked_at_generation": generation}
 
@@ -367,7 +363,7 @@ def _evaluation(d: dict[str, Any] | None) -> Evaluation | None:
 def stored_result(run: RunDirectory) -> FitResult:
     """The result a finished run recorded (test predictions are not stored: empty)."""
     res, best = run.result, run.best
-    return FitResult(np.asarray(best["z"], dtype=np.float64), ProjectionSpec(**best["projection"]), res["metric"],
+    return FitResult(np.asarray(best["z"], dtype=np.float64), spec_from_dict(best["projection"]), res["metric"],
                      float(res["dev"]), float(res["train_loss"]), _evaluation(res.get("test")),
                      _evaluation(res.get("manual_prompt_test")), int(res["calls"]), float(res["wall_time_s"]),
                      dict(res["ledger"]), run.path)

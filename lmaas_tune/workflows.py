@@ -16,7 +16,8 @@ from .backends.factory import BackendSettings, open_backend
 from .config import TuneConfig
 from .errors import ConfigError, RunDirectoryError
 from .evaluation import Evaluation, evaluate_prompt
-from .projection import Projection, ProjectionSpec
+from .deep_projection import DeepProjectionSpec, build_projection, spec_from_dict
+from .projection import ProjectionSpec
 from .runs import RunDirectory
 from .tasks.data import TableSource, resolve_path
 from .tasks.spec import TaskSpec
@@ -134,7 +135,7 @@ class SavedRun:
     run: RunDirectory
     task: TaskSpec
     settings: BackendSettings
-    projection: ProjectionSpec
+    projection: ProjectionSpec | DeepProjectionSpec
     z: np.ndarray
     recorded_test: dict[str, Any] | None
 
@@ -144,11 +145,11 @@ class SavedRun:
         cfg, best = run.config, run.best
         recorded = run.result.get("test") if (run.path / "result.json").exists() else None
         return cls(run, TaskSpec.from_dict(cfg["task"]), BackendSettings.from_dict(cfg["backend"]),
-                   ProjectionSpec(**best["projection"]), np.asarray(best["z"], dtype=np.float64), recorded)
+                   spec_from_dict(best["projection"]), np.asarray(best["z"], dtype=np.float64), recorded)
 
     def prompt(self) -> np.ndarray:
-        """The best soft prompt, rebuilt from z and the projection spec."""
-        return Projection(self.projection)(self.z)[0]
+        """The best soft prompt (``[L, D]``, or ``[layers, L, D]`` for a deep run), rebuilt from z and the projection spec."""
+        return build_projection(self.projection)(self.z)[0]
 
 
 async def evaluate_run(

@@ -18,6 +18,11 @@ Contract every implementation honours (one test suite checks it for each):
 * Row ``p`` of the result depends only on ``prompts[p]`` and the batch, never on other rows, on
   how the work was split, or on what else the backend is serving.
 * ``score`` is a coroutine and must not block the event loop.
+
+Deep prompts (``info.supports_deep_prompts``): ``prompts`` may also be ``[P, N, L, D]`` with
+``N = info.num_layers``. Slot 0 is placed as the shallow prompt above; slot ``i >= 1`` is added to
+the hidden state entering layer ``i`` at those ``L`` positions (see :mod:`.deep`). Slots
+``1..N-1`` all zero score exactly as slot 0 alone.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from ..deep_projection import DeepProjection
     from ..projection import Projection
 
 
@@ -120,7 +126,8 @@ class Backend(abc.ABC):
         """Label-word logits ``[P, N, C]`` (float32) for prompts ``[P, L, D]`` on ``batch``."""
 
     async def score_projected(
-        self, z: np.ndarray, projection: "Projection", batch: ScoringBatch, *, prompts: np.ndarray | None = None
+        self, z: np.ndarray, projection: "Projection | DeepProjection", batch: ScoringBatch, *,
+        prompts: np.ndarray | None = None,
     ) -> np.ndarray:
         """Logits for the prompts ``projection(z)`` (``z`` is ``[P, d]``); otherwise as :meth:`score`.
 
@@ -130,6 +137,14 @@ class Backend(abc.ABC):
         prompts are scored here.
         """
         return await self.score(projection(z) if prompts is None else prompts, batch)
+
+    async def hidden_state_std(self, batch: ScoringBatch) -> tuple[float, ...]:
+        """Deep-prompt backends: per layer slot, the 3-sigma-clipped std of the tensor its prompt is
+        added to (input embeddings for slot 0, the hidden state entering layer i for slot i), over
+        the real tokens of ``batch`` with the manual template. BBTv2 scales its projections with it."""
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{self.info.model_id} on this backend does not take deep prompts")
 
     @abc.abstractmethod
     async def token_lengths(self, batch: ScoringBatch) -> tuple[int, ...]:
@@ -151,17 +166,24 @@ class Backend(abc.ABC):
 
 
 def check_prompts(prompts: np.ndarray | None, info: BackendInfo) -> np.ndarray | None:
-    """Validate a prompt array against a backend's hidden size; ``None`` or L=0 means no prompt."""
+    """Validate a prompt array against a backend's hidden size; ``None`` or L=0 means no prompt.
+
+    Deep prompts ``[P, N, L, D]`` pass when the backend takes them and ``N`` is its layer count.
+    """
     from ..errors import ConfigError
 
     if prompts is None:
         return None
     arr = np.asarray(prompts, dtype=np.float32)
-    if arr.ndim != 3:
-        raise ConfigError(f"prompts must have shape [P, L, D]; got {arr.shape}")
-    if arr.shape[2] != info.hidden_size:
+    if arr.ndim == 4 and not info.supports_deep_prompts:
+        raise ConfigError(f"{info.model_id} on this backend does not take deep (per-layer) prompts")
+    if arr.ndim == 4 and arr.shape[1] != info.num_layers:
+        raise ConfigError(f"a deep prompt has {arr.shape[1]} layer slots; {info.model_id} has {info.num_layers} layers")
+    if arr.ndim not in (3, 4):
+        raise ConfigError(f"prompts must have shape [P, L, D] (or [P, layers, L, D]); got {arr.shape}")
+    if arr.shape[-1] != info.hidden_size:
         raise ConfigError(
-            f"prompt hidden size {arr.shape[2]} does not match the model's {info.hidden_size} "
+            f"prompt hidden size {arr.shape[-1]} does not match the model's {info.hidden_size} "
             f"({info.model_id}); rebuild the projection for this model"
         )
     if arr.shape[0] < 1:

@@ -22,6 +22,8 @@ a service that lost a batch (restart, eviction) answers ``unknown_batch`` and th
 again. Upload modes: ``embeddings`` sends the prompts; ``projection`` sends z and the projection
 spec (the service rebuilds the same prompts; about d instead of L*D numbers per candidate);
 ``auto`` uses projection where every endpoint supports it and the projection has no base prompt.
+Deep prompts (``[P, N, L, D]``) travel the same way when every endpoint declares ``deep_prompts``:
+as embeddings, or as per-layer z (``[P, N, d]``) with a deep projection spec.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .. import __version__
 from ..errors import (
     BadResponseError, ConfigError, IncompatibleServiceError, RejectedError, RemoteError, WireFormatError,
 )
+from ..deep_projection import DeepProjection, DeepProjectionSpec
 from ..projection import Projection, ProjectionSpec
 from .base import Backend, BackendInfo, ScoringBatch, check_prompts
 from .ratelimit import EndpointGate, EndpointLimits, Sleep
@@ -52,8 +55,8 @@ from .remote_http import exchange
 from .retrying import RetryConfig
 from .traffic import record_traffic
 from .wire import (
-    DTYPES, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, ServiceInfo, check_protocol, decode_array, encode_array, encode_batch,
-    encode_spec, require,
+    DTYPES, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, ServiceInfo, check_protocol, check_type, decode_array, encode_array,
+    encode_batch, encode_spec, require,
 )
 
 log = logging.getLogger("lmaas_tune")
@@ -241,6 +244,7 @@ class RemoteBackend(Backend):
             embedding_std=first.embedding_std, max_length=first.max_length, device="remote", dtype=first.dtype,
             max_concurrency=sum(e.gate.limits.max_in_flight for e in self._eps), max_prompts_per_call=None,
             supports_projection=projection_ok,
+            supports_deep_prompts=all(s.model.supports_deep_prompts for s in services),
             extra={"endpoints": " ".join(self.endpoints), "upload": self._upload},
         )
 
@@ -332,16 +336,17 @@ class RemoteBackend(Backend):
 
     async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
         arr = check_prompts(prompts, self.info)
-        if arr is not None and arr.shape[1] == 0:
+        if arr is not None and arr.shape[-2] == 0:
             arr = None
         if arr is None:
             pieces = self._query_parts(batch)
             outs = [await self._score_part(piece, {"prompts": None}, 1, 0) for piece in pieces]
             return np.concatenate(outs, axis=1)
-        return await self._score_rows(batch, arr, lambda rows: {"prompts": encode_array(rows, self._dtype)}, arr.shape[1])
+        return await self._score_rows(batch, arr, lambda rows: {"prompts": encode_array(rows, self._dtype)}, arr.shape[-2])
 
     async def score_projected(
-        self, z: np.ndarray, projection: Projection, batch: ScoringBatch, *, prompts: np.ndarray | None = None
+        self, z: np.ndarray, projection: Projection | DeepProjection, batch: ScoringBatch, *,
+        prompts: np.ndarray | None = None,
     ) -> np.ndarray:
         spec = projection.spec
         if self.upload_mode != "projection" or projection.base_prompt is not None or not self._fits(spec):
@@ -349,13 +354,19 @@ class RemoteBackend(Backend):
         if spec.hidden_size != self.info.hidden_size:
             raise ConfigError(f"projection hidden size {spec.hidden_size} does not match the model's {self.info.hidden_size}")
         zz = np.atleast_2d(np.asarray(z, dtype=np.float32))
-        if zz.ndim != 2 or zz.shape[1] != spec.intrinsic_dim:
+        if isinstance(spec, DeepProjectionSpec):  # flat candidates travel as [P, layers, d]
+            if not self.info.supports_deep_prompts:
+                raise ConfigError(f"{self.endpoints[0]} does not take deep (per-layer) prompts")
+            if zz.ndim != 2 or zz.shape[1] != spec.dim:
+                raise ConfigError(f"z has shape {zz.shape}; the deep projection expects [P, {spec.dim}]")
+            zz = zz.reshape(len(zz), spec.layers, spec.intrinsic_dim)
+        elif zz.ndim != 2 or zz.shape[1] != spec.intrinsic_dim:
             raise ConfigError(f"z has shape {zz.shape}; the projection expects [P, {spec.intrinsic_dim}]")
         wire_spec = encode_spec(spec)
         return await self._score_rows(
             batch, zz, lambda rows: {"z": encode_array(rows, self._dtype), "projection": wire_spec}, spec.prompt_length)
 
-    def _fits(self, spec: ProjectionSpec) -> bool:
+    def _fits(self, spec: ProjectionSpec | DeepProjectionSpec) -> bool:
         return all(e.service is not None and spec.nbytes <= e.service.limits.max_projection_bytes for e in self._eps)
 
     def _rows_per_request(self, row_values: int) -> int:
@@ -399,6 +410,27 @@ class RemoteBackend(Backend):
             return _read_logits(answer, batch.key, expected, ep.url)
 
         return await self._call("scoring", once)
+
+    async def hidden_state_std(self, batch: ScoringBatch) -> tuple[float, ...]:
+        """The service's measurement (``POST /v1/hidden-std``); see :meth:`Backend.hidden_state_std`."""
+        if not self.info.supports_deep_prompts:
+            return await super().hidden_state_std(batch)
+        await self.token_lengths(batch)
+        payload = _dumps({"protocol": PROTOCOL_VERSION, "batch_key": batch.key})
+
+        async def once(ep: _Endpoint) -> tuple[float, ...]:
+            await self._register(ep, batch)
+            answer = await self._send(ep, "POST", "/v1/hidden-std", payload)
+            try:
+                check_protocol(answer)
+                values = tuple(check_type(x, "std[]", float) for x in require(answer, "std", "", list))
+                if len(values) != self.info.num_layers or not all(np.isfinite(values)):
+                    raise WireFormatError("std", f"must hold {self.info.num_layers} finite numbers")
+            except WireFormatError as exc:
+                raise BadResponseError(f"POST {ep.url}/v1/hidden-std: malformed answer: {exc}", endpoint=ep.url) from None
+            return values
+
+        return await self._call("measuring hidden states", once)
 
     async def aclose(self) -> None:
         """Close the session and its connections. Idempotent; the backend cannot be used afterwards."""

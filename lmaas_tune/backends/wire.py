@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, WireFormatError
+from ..deep_projection import LAYER_SEED_STRIDE, DeepProjectionSpec
 from ..projection import DISTRIBUTIONS, ProjectionSpec
 from .base import BackendInfo, ModelKind, Query, ScoringBatch
 
@@ -160,11 +161,18 @@ def decode_batch(obj: Any, path: str = "batch", *, max_queries: int, max_label_w
 # -- projection specs --------------------------------------------------------------------------------
 
 
-def encode_spec(spec: ProjectionSpec) -> dict[str, Any]:
+def encode_spec(spec: ProjectionSpec | DeepProjectionSpec) -> dict[str, Any]:
+    """A spec on the wire; a deep one carries ``"kind": "deep"`` and one scale per layer slot."""
     return spec.to_dict()
 
 
-def decode_spec(obj: Any, path: str = "projection") -> ProjectionSpec:
+def decode_spec(obj: Any, path: str = "projection") -> ProjectionSpec | DeepProjectionSpec:
+    """A plain projection spec, or a deep one (``"kind": "deep"``, ``"scales"`` instead of ``"scale"``)."""
+    kind = check_type(obj.get("kind", "plain"), f"{path}.kind", str) if isinstance(obj, dict) else "plain"
+    if kind == "deep":
+        return _decode_deep_spec(obj, path)
+    if kind != "plain":
+        raise WireFormatError(f"{path}.kind", f"must be plain or deep; got {kind!r}")
     seed = require(obj, "seed", path, int)
     if not 0 <= seed < 2**128:
         raise WireFormatError(f"{path}.seed", "must be a non-negative integer below 2**128")
@@ -180,6 +188,28 @@ def decode_spec(obj: Any, path: str = "projection") -> ProjectionSpec:
         raise WireFormatError(f"{path}.scale", f"must be a positive finite number; got {scale}")
     return ProjectionSpec(seed, sizes["prompt_length"], sizes["hidden_size"], sizes["intrinsic_dim"],
                           DISTRIBUTIONS.canonical(dist), scale)
+
+
+def _decode_deep_spec(obj: dict[str, Any], path: str) -> DeepProjectionSpec:
+    seed = require(obj, "seed", path, int)
+    if not 0 <= seed < LAYER_SEED_STRIDE:
+        raise WireFormatError(f"{path}.seed", "must be a non-negative integer below 2**64 for a deep projection")
+    sizes = {k: require(obj, k, path, int) for k in ("prompt_length", "hidden_size", "intrinsic_dim")}
+    for k, v in sizes.items():
+        if v < 1:
+            raise WireFormatError(f"{path}.{k}", f"must be at least 1; got {v}")
+    dist = require(obj, "distribution", path, str)
+    if dist not in DISTRIBUTIONS:
+        raise WireFormatError(f"{path}.distribution", f"must be one of {list(DISTRIBUTIONS)}; got {dist!r}")
+    raw = require(obj, "scales", path, list)
+    if not 1 <= len(raw) <= 4096:
+        raise WireFormatError(f"{path}.scales", f"must hold 1 to 4096 scales; got {len(raw)}")
+    scales = tuple(check_type(x, f"{path}.scales[{i}]", float) for i, x in enumerate(raw))
+    for i, x in enumerate(scales):
+        if not (math.isfinite(x) and x > 0):
+            raise WireFormatError(f"{path}.scales[{i}]", f"must be a positive finite number; got {x}")
+    return DeepProjectionSpec(seed, sizes["prompt_length"], sizes["hidden_size"], sizes["intrinsic_dim"],
+                              DISTRIBUTIONS.canonical(dist), scales)
 
 
 # -- the service description -------------------------------------------------------------------------
@@ -238,6 +268,7 @@ class ServiceInfo:
             embedding_std=require(m, "embedding_std", "model", float), max_length=require(m, "max_length", "model", int),
             dtype=require(m, "dtype", "model", str), device=require(m, "device", "model", str),
             supports_projection="projection" in modes,
+            supports_deep_prompts=check_type(caps.get("deep_prompts", False), "capabilities.deep_prompts", bool),
         )
         lim = require(obj, "limits", "", dict)
         limits = ServiceLimits(**{f: require(lim, f, "limits", int) for f in ServiceLimits.__dataclass_fields__})

@@ -21,7 +21,7 @@ from rich.table import Table
 from .. import checkpoint, workflows
 from ..backends.factory import BACKENDS, BackendSettings, open_backend
 from ..backends.models import DEFAULT_MODEL, EMBEDDED, cache_root, needs_conversion, resolve_model
-from ..config import PRESETS
+from ..config import METHOD_PRESETS, PRESETS, tune_config
 from ..errors import ConfigError, LmaasTuneError, RunInterrupted
 from ..interrupts import run_until_signal
 from ..runs import CONFIG, RunDirectory
@@ -261,6 +261,53 @@ def evaluate_cmd(
         out.print(f"recorded by fit: {saved.recorded_test['value']:.4f}")
 
 
+@app.command("predict")
+@handled
+def predict_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory from `fit`: label texts with its best prompt.")],
+    input_file: Annotated[Optional[Path], typer.Option("--input", "-i", help="Texts to label: .tsv/.csv/.jsonl with the template's fields as columns, or plain lines (one text each); default or -: standard input.")] = None,
+    output_file: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the JSON lines here (default: standard output).")] = None,
+    input_format: Annotated[str, typer.Option("--format", help="auto (by suffix; standard input: JSON lines if it starts with {, else plain lines), lines, tsv, csv or jsonl.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts scored per batch (and written at once).")] = 64,
+    device: DeviceOpt = "auto",
+    endpoint: EndpointOpt = None,
+    token_env: TokenEnvOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Label texts with a tuned run's prompt: one JSON line per text, {"label", "label_index", "probabilities"}."""
+    from ..predict import iter_predictions, read_inputs
+
+    display = Display(err, quiet=quiet)
+    saved = workflows.SavedRun.load(run_dir)
+    rows = read_inputs(input_file, saved.task.build(), input_format)
+    overrides: dict[str, Any] = {"device": device}
+    if endpoint:
+        overrides.update(backend="remote", endpoints=tuple(endpoint), token_env=token_env)
+    settings = BackendSettings.from_dict({**saved.settings.to_dict(), **overrides})
+
+    async def run() -> None:
+        be = _open(settings, display)
+        sink = output_file.open("w", encoding="utf-8") if output_file is not None else None
+        try:
+            async with be:
+                with display:
+                    async for part in iter_predictions(
+                            saved, be, rows, batch_size=batch_size,
+                            progress=lambda d, t: display.evaluation_progress(d, t, "predict")):
+                        text = "".join(json.dumps(p.to_dict()) + "\n" for p in part)
+                        if sink is not None:
+                            sink.write(text)
+                            sink.flush()
+                        else:
+                            out.file.write(text)
+                            out.file.flush()
+        finally:
+            if sink is not None:
+                sink.close()
+
+    asyncio.run(run_until_signal(run()))
+
+
 @app.command("fit")
 @handled
 def fit_cmd(
@@ -281,7 +328,8 @@ def fit_cmd(
     model_kind: KindOpt = None,
     endpoint: EndpointOpt = None,
     token_env: TokenEnvOpt = None,
-    preset: Annotated[str, typer.Option(help="Starting settings: " + "; ".join(f"{n}: {p.description}" for n, p in PRESETS.items()) + ".")] = "paper",
+    preset: Annotated[str, typer.Option(help="Size of the run (prompt length, budget): " + "; ".join(f"{n}: {p.description}" for n, p in PRESETS.items()) + ".")] = "paper",
+    method: Annotated[str, typer.Option(help="Tuning method and its knobs, applied over --preset (explicit options win): " + "; ".join(f"{n}: {p.description}" for n, p in METHOD_PRESETS.items()) + ".")] = "bbt",
     seed: Annotated[Optional[int], typer.Option(help="Seeds the few-shot split, the projection and CMA-ES (paper: 42).")] = None,
     budget: Annotated[Optional[int], typer.Option(help="API calls (candidates scored on the train set); paper: 8000.")] = None,
     popsize: Annotated[Optional[int], typer.Option(help="CMA-ES population size; paper: 20.")] = None,
@@ -313,8 +361,8 @@ def fit_cmd(
         display.note(f"resume {resume} {where}")
     else:
         spec = _task_spec(task, template, label_words, train_file, test_file, column, label_column, labels, task_file)
-        config = PRESETS.get(preset).config.with_overrides(
-            seed=seed, budget=budget, popsize=popsize, prompt_length=prompt_length, intrinsic_dim=intrinsic_dim,
+        config = tune_config(
+            preset, method, seed=seed, budget=budget, popsize=popsize, prompt_length=prompt_length, intrinsic_dim=intrinsic_dim,
             sigma0=sigma, alpha=alpha, loss=loss, k_shot=k_shot, eval_every=eval_every, on_long=on_long,
         )
         settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env)
@@ -322,7 +370,7 @@ def fit_cmd(
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             output = Path("runs") / f"{spec.name}-{Path(model).stem}-s{config.seed}-{stamp}"
         display.note(
-            f"fit {spec.name}: L={config.prompt_length} d={config.intrinsic_dim} popsize={config.popsize} "
+            f"fit {spec.name} ({config.method}): L={config.prompt_length} d={config.intrinsic_dim} popsize={config.popsize} "
             f"sigma={config.sigma0} budget={config.budget} loss={config.loss} {config.k_shot}-shot seed={config.seed} -> {output}"
         )
     run_dir = output

@@ -19,7 +19,7 @@ import typer
 from .. import workflows
 from ..backends.factory import BackendSettings
 from ..backends.models import EMBEDDED
-from ..config import PRESETS, TuneConfig
+from ..config import METHOD_PRESETS, PRESETS, TuneConfig
 from ..errors import ConfigError
 from ..tasks.catalog import TASKS
 from ..tasks.data import BUILTIN_PREFIX
@@ -99,14 +99,18 @@ def _task_conflicts(v: dict[str, Any], given: set[str], spec: TaskSpec) -> list[
 
 def _tune_conflicts(v: dict[str, Any], given: set[str], tune: TuneConfig) -> list[tuple[str, Any, Any]]:
     base = PRESETS.get(v["preset"]).config if "preset" in given else tune
+    if "preset" in given or "method" in given:  # as a new fit composes them: size preset, then method preset
+        base = METHOD_PRESETS.get(v["method"]).apply(base)
     overrides = {f: v[opt] for opt, f in TUNE_FIELDS.items() if opt in given}
     wanted = base.with_overrides(**overrides).to_dict()
     stored = tune.to_dict()
     by_field = {f: opt for opt, f in TUNE_FIELDS.items() if opt in given}
+    knobs = {"method", "sigma0", "alpha", "distribution", "bounds", "loss"} if "method" in given else set()
     out = []
     for f, now in wanted.items():
         if now != stored[f]:
-            out.append((by_field.get(f, "preset"), now if f in by_field else f"{v['preset']} ({f} {now})", stored[f]))
+            source = "method" if f in knobs else "preset"
+            out.append((by_field.get(f, source), now if f in by_field else f"{v[source]} ({f} {now})", stored[f]))
     return out
 
 

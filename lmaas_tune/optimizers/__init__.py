@@ -2,5 +2,6 @@
 
 from .base import Optimizer
 from .cma_es import CMAES
+from .layerwise import LayerwiseCMAES
 
-__all__ = ["CMAES", "Optimizer"]
+__all__ = ["CMAES", "LayerwiseCMAES", "Optimizer"]

@@ -8,6 +8,7 @@ Routes (all JSON; every one but health needs the bearer token when one is config
 ``PUT  /v1/batches/{key}`` register a batch under its content hash; answers its token lengths
 ``GET  /v1/batches/{key}`` whether a batch is registered (404 ``unknown_batch`` if not)
 ``POST /v1/score``         score a population (embeddings or z + projection) on a batch
+``POST /v1/hidden-std``    per-layer hidden-state std on a batch (deep-prompt backends; BBTv2)
 =========================  =====================================================================
 """
 
@@ -95,6 +96,14 @@ class ScoringService:
         return web.json_response({"protocol": PROTOCOL_VERSION, "batch_key": stored.batch.key,
                                   "logits": encode_array(logits, "float32"), "usage": usage})
 
+    async def hidden_std(self, request: web.Request) -> web.Response:
+        body = await read_json(request, self.config.max_body_bytes)
+        stored = self._stored(check_key(require(body, "batch_key", "", str), "batch_key"))
+        if not self.model.supports_deep_prompts:
+            raise ApiError(404, "not_supported", "this service's backend does not take deep prompts", field="batch_key")
+        std = await self.backend.hidden_state_std(stored.batch)
+        return web.json_response({"protocol": PROTOCOL_VERSION, "batch_key": stored.batch.key, "std": list(std)})
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _stored(self, key: str) -> StoredBatch:
@@ -158,6 +167,7 @@ def create_app(backend: Backend, config: ServerConfig = ServerConfig()) -> web.A
     app.router.add_put("/v1/batches/{key}", service.put_batch)
     app.router.add_get("/v1/batches/{key}", service.get_batch)
     app.router.add_post("/v1/score", service.score)
+    app.router.add_post("/v1/hidden-std", service.hidden_std)
 
     async def drain(_app: web.Application) -> None:
         await service.batcher.aclose()

@@ -1,7 +1,7 @@
 """Dynamic batching: concurrent score requests share forward passes.
 
-Requests that can share a pass (same batch, same prompt length; or the manual template on the
-same batch) are merged: the first one waits at most ``window_s`` for others to join, a pass holds
+Requests that can share a pass (same batch, same prompt shape: length, and layer count for deep
+prompts; or the manual template on the same batch) are merged: the first one waits at most ``window_s`` for others to join, a pass holds
 at most ``max_batch_prompts`` candidates (a larger single request runs alone), and passes run
 ``max_parallel`` at a time (the backend's own concurrency). While the backend is busy, new
 requests keep arriving and the next pass is the fuller for it.
@@ -46,8 +46,8 @@ class _Job:
         return 1 if self.prompts is None else len(self.prompts)
 
     @property
-    def group(self) -> tuple[str, int]:
-        return self.batch.key, -1 if self.prompts is None else int(self.prompts.shape[1])
+    def group(self) -> tuple[str, tuple[int, ...]]:
+        return self.batch.key, () if self.prompts is None else tuple(self.prompts.shape[1:])
 
 
 class DynamicBatcher:

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from ..backends.base import BackendInfo, ModelKind, ScoringBatch
 from ..backends.wire import check_protocol, decode_array, decode_batch, decode_spec, require
+from ..deep_projection import DeepProjectionSpec
 from ..errors import WireFormatError
 from ..projection import ProjectionSpec
 from .config import ServerConfig
@@ -71,20 +72,21 @@ def decode_batch_for(obj: Any, info: BackendInfo, config: ServerConfig, path: st
 class ScoreRequest:
     """A decoded ``POST /v1/score``: which batch, and the prompts in one of the upload modes.
 
-    Exactly one of ``batch_key`` and ``batch`` is set. ``prompts`` ([P, L, D]) for the embeddings
-    mode, ``z`` ([P, d]) and ``spec`` for the projection mode, none of them for the manual template.
+    Exactly one of ``batch_key`` and ``batch`` is set. ``prompts`` ([P, L, D], deep [P, N, L, D]) for
+    the embeddings mode, ``z`` ([P, d], deep [P, N, d]) and ``spec`` for the projection mode, none of
+    them for the manual template.
     """
 
     batch_key: str | None
     batch: ScoringBatch | None
     prompts: np.ndarray | None = None
     z: np.ndarray | None = None
-    spec: ProjectionSpec | None = None
+    spec: ProjectionSpec | DeepProjectionSpec | None = None
 
     @property
     def prompt_length(self) -> int:
         if self.prompts is not None:
-            return int(self.prompts.shape[1])
+            return int(self.prompts.shape[-2])
         return self.spec.prompt_length if self.spec is not None else 0
 
     @property
@@ -109,8 +111,14 @@ def decode_score(body: dict[str, Any], info: BackendInfo, config: ServerConfig) 
     if has_prompts and has_z:
         raise WireFormatError("z", "send either prompts (embeddings) or z with projection, not both")
     if has_prompts:
-        prompts = decode_array(body["prompts"], "prompts", ndim=3)
-        p, length, d = prompts.shape
+        raw = body["prompts"]
+        deep = isinstance(raw, dict) and isinstance(raw.get("shape"), list) and len(raw["shape"]) == 4
+        if deep and not info.supports_deep_prompts:
+            raise WireFormatError("prompts.shape", "deep (per-layer) prompts are not supported by this service's backend")
+        prompts = decode_array(raw, "prompts", ndim=4 if deep else 3)
+        p, length, d = prompts.shape[0], prompts.shape[-2], prompts.shape[-1]
+        if deep and prompts.shape[1] != info.num_layers:
+            raise WireFormatError("prompts.shape", f"a deep prompt needs {info.num_layers} layer slots; got {prompts.shape[1]}")
         _count(p, "prompts.shape", config)
         if d != info.hidden_size:
             raise WireFormatError("prompts.shape", f"hidden size {d} does not match the model's {info.hidden_size}")
@@ -126,9 +134,24 @@ def decode_score(body: dict[str, Any], info: BackendInfo, config: ServerConfig) 
         if spec.nbytes > config.max_projection_bytes:
             raise WireFormatError("projection", f"needs a {spec.nbytes}-byte matrix; this service builds at most "
                                                 f"{config.max_projection_bytes} bytes (use the embeddings upload)")
+        if isinstance(spec, DeepProjectionSpec):
+            return ScoreRequest(key, batch, z=_deep_z(body["z"], spec, info, config), spec=spec)
         z = decode_array(body["z"], "z", ndim=2)
         _count(z.shape[0], "z.shape", config)
         if z.shape[1] != spec.intrinsic_dim:
             raise WireFormatError("z.shape", f"z has dimension {z.shape[1]}; projection.intrinsic_dim is {spec.intrinsic_dim}")
         return ScoreRequest(key, batch, z=z, spec=spec)
     return ScoreRequest(key, batch)
+
+
+def _deep_z(raw: Any, spec: DeepProjectionSpec, info: BackendInfo, config: ServerConfig) -> np.ndarray:
+    """Per-layer z ``[P, N, d]`` for a deep projection spec, checked against the model."""
+    if not info.supports_deep_prompts:
+        raise WireFormatError("projection.kind", "deep (per-layer) prompts are not supported by this service's backend")
+    if spec.layers != info.num_layers:
+        raise WireFormatError("projection.scales", f"holds {spec.layers} scales; the model has {info.num_layers} layers")
+    z = decode_array(raw, "z", ndim=3)
+    _count(z.shape[0], "z.shape", config)
+    if z.shape[1:] != (spec.layers, spec.intrinsic_dim):
+        raise WireFormatError("z.shape", f"must be [P, {spec.layers}, {spec.intrinsic_dim}]; got {list(z.shape)}")
+    return z

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends.base import ScoringBatch
+from ..deep_projection import DeepProjection, DeepProjectionSpec, build_projection
 from ..projection import Projection, ProjectionSpec
 
 
@@ -51,19 +52,20 @@ class ProjectionCache:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[ProjectionSpec, asyncio.Future[Projection]] = OrderedDict()
+        self._items: OrderedDict[ProjectionSpec | DeepProjectionSpec, asyncio.Future[Projection | DeepProjection]] = OrderedDict()
 
-    async def get(self, spec: ProjectionSpec) -> Projection:
+    async def get(self, spec: ProjectionSpec | DeepProjectionSpec) -> Projection | DeepProjection:
         fut = self._items.get(spec)
         if fut is None or (fut.done() and (fut.cancelled() or fut.exception() is not None)):
-            fut = asyncio.ensure_future(asyncio.to_thread(Projection, spec))
+            fut = asyncio.ensure_future(asyncio.to_thread(build_projection, spec))
             self._items[spec] = fut
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         self._items.move_to_end(spec)
         return await asyncio.shield(fut)
 
-    async def project(self, spec: ProjectionSpec, z: np.ndarray) -> np.ndarray:
-        """The prompts ``[P, L, D]`` for ``z [P, d]``: exactly what :class:`Projection` computes on the client."""
+    async def project(self, spec: ProjectionSpec | DeepProjectionSpec, z: np.ndarray) -> np.ndarray:
+        """The prompts ``[P, L, D]`` for ``z [P, d]`` (deep: ``[P, N, L, D]`` for ``[P, N, d]``): exactly
+        what :class:`Projection` (:class:`DeepProjection`) computes on the client."""
         projection = await self.get(spec)
         return await asyncio.to_thread(projection, z)
