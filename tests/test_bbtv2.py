@@ -124,3 +124,35 @@ async def test_remote_v2_fit_equals_local(llama_backend: LocalBackend, tmp_path:
     assert remote_fit.test is not None and local.test is not None
     assert remote_fit.test.predictions == local.test.predictions
     assert [h.dev_metric for h in remote_hist] == [h.dev_metric for h in local_hist]
+
+
+def test_cli_v2_run_killed_mid_commit_resumes_to_the_uninterrupted_result(llama_dir: Path, tmp_path: Path) -> None:
+    import signal
+
+    from resume_support import CliProcess
+    from typer.testing import CliRunner
+
+    from lmaas_tune.cli import app
+
+    runner = CliRunner()
+    sentiment_task(tmp_path)
+    command = ["fit", "--task", "custom", "--template", "{sentence} . It was {mask}", "--label-words", "bad,great",
+               "--train-file", str(tmp_path / "train.tsv"), "--test-file", str(tmp_path / "test.tsv"),
+               "--model", str(llama_dir), "--device", "cpu", "--method", "bbtv2", "--budget", "22", "--popsize", "4",
+               "--prompt-length", "2", "--intrinsic-dim", "5", "--k-shot", "4", "--eval-every", "8", "--seed", "5",
+               "--no-baseline"]
+    whole = tmp_path / "whole"
+    res = runner.invoke(app, [*command, "--output", str(whole), "--json"])
+    assert res.exit_code == 0, res.output
+
+    run_dir = tmp_path / "run"
+    p = CliProcess([*command, "--output", str(run_dir)], LMAAS_TUNE_TEST_PAUSE="3:commit")
+    p.wait_for("LMAAS_TUNE_TEST_PAUSED commit 3")
+    p.signal(signal.SIGKILL)
+    assert p.finish()[0] == -signal.SIGKILL
+    assert checkpoint_doc(run_dir)["generation"] == 2
+    refused = runner.invoke(app, ["fit", "--resume", str(run_dir), "--method", "bbt"])
+    assert refused.exit_code == 2 and "--method" in refused.output
+    res = runner.invoke(app, ["fit", "--resume", str(run_dir), "--method", "bbtv2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert_same_outcome(run_dir, whole)
