@@ -190,11 +190,11 @@ async def test_masked_readout_ignores_batch_mates(masked_backend: LocalBackend) 
 
 
 class _PassCounter:
-    """Counts forward passes through a model (calls of its input embedding)."""
+    """Counts forward passes through a model (calls of its forward)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.passes = 0
-        self._handle = model.get_input_embeddings().register_forward_hook(self._hook)
+        self._handle = model.register_forward_pre_hook(self._hook)
 
     def _hook(self, *_: object) -> None:
         self.passes += 1
@@ -222,6 +222,7 @@ async def test_population_equals_one_by_one(any_backend: LocalBackend, token_bud
     singles = np.concatenate([await any_backend.score(prompts[p:p + 1], batch) for p in range(5)], axis=0)
     assert together.shape == singles.shape == (5, len(TEXTS), 2)
     np.testing.assert_allclose(together, singles, atol=1e-5, rtol=1e-5)
+    passes -= int(backend.shares_prefix)  # causal LMs: one pass runs the prompts of the whole population
     if token_budget is None:
         assert passes == 1  # the whole population in one batched pass
     elif token_budget == 1:
@@ -230,6 +231,32 @@ async def test_population_equals_one_by_one(any_backend: LocalBackend, token_bud
         assert 1 < passes < 5 * len(TEXTS)
     # rows are not all the same (the comparison above is not vacuous)
     assert not np.allclose(together[0], together[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("token_budget", [8192, 40])
+async def test_shared_prefix_equals_whole_sequences(causal_backend: LocalBackend, token_budget: int) -> None:
+    """Running each candidate's prompt once and the texts on its keys/values gives what running
+    every (example, candidate) row whole gives."""
+    assert causal_backend.shares_prefix
+    whole = LocalBackend(causal_backend.model, causal_backend.tokenizer, causal_backend.info.kind,
+                         model_id="whole", token_budget=token_budget, share_prefix=False)
+    shared = LocalBackend(causal_backend.model, causal_backend.tokenizer, causal_backend.info.kind,
+                          model_id="shared", token_budget=token_budget)
+    batch = _batch(causal_backend)
+    prompts = _prompts(causal_backend, 4, 6, seed=21)
+    counter = _PassCounter(causal_backend.model)
+    try:
+        a = await whole.score(prompts, batch)
+        whole_passes, counter.passes = counter.passes, 0
+        b = await shared.score(prompts, batch)
+        shared_passes = counter.passes
+    finally:
+        counter.close()
+        await whole.aclose()
+        await shared.aclose()
+    np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
+    assert shared_passes == whole_passes + 1  # the one prefix pass; the text passes are the same
+    assert not np.allclose(b[0], b[1], atol=1e-3)
 
 
 # -- (d) label-word ids --------------------------------------------------------------------------
