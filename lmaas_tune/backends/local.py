@@ -91,7 +91,7 @@ class LocalBackend(Backend):
     top of them (see :mod:`.prefix_cache`); off, every row runs its whole sequence.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, kind: ModelKind, *, model_id: str, token_budget: int = 8192,
+    def __init__(self, model: Any, tokenizer: Any, kind: ModelKind, *, model_id: str, token_budget: int = 2048,
                  share_prefix: bool = True) -> None:
         if token_budget < 1:
             raise ConfigError("token_budget must be positive")
@@ -141,7 +141,7 @@ class LocalBackend(Backend):
         device: str = "auto",
         dtype: str = "auto",
         kind: ModelKind | str | None = None,
-        token_budget: int = 8192,
+        token_budget: int = 2048,
         share_prefix: bool = True,
     ) -> "LocalBackend":
         """Load a model by embedded name, ``.gguf`` path, local directory or hub id."""
@@ -269,7 +269,7 @@ class LocalBackend(Backend):
                     logits = torch.tanh(logits / self._softcap) * self._softcap
                 n_idx = torch.tensor([n for n, _ in chunk])
                 p_idx = torch.tensor([p for _, p in chunk])
-                out[p_idx, n_idx] = logits.cpu()
+                out[p_idx, n_idx] = logits.float().cpu()
         return out.numpy()
 
     def _forward_chunk(

@@ -1,0 +1,273 @@
+"""Calls per second of BBT scoring: the reference-style baseline against lmaas-tune's path.
+
+One "call" scores one candidate soft prompt on the whole few-shot train set (DESIGN §1). For each
+workload (benchmarks/workloads.py) and each precision, in one process:
+
+* ``baseline``: one candidate per forward pass, inputs right-padded to the longest of the set, the
+  full model output (vocabulary-sized logits at every position), label words picked afterwards,
+  the way the reference implementation scores;
+* ``ours``: :class:`LocalBackend` as ``lmaas-tune fit`` runs it, a whole population per call:
+  length-sorted rows under a token budget, label-only readout, and for causal LMs the soft prompt's
+  keys/values computed once per candidate (``ours (whole rows)`` shows the same path without that).
+
+Each variant is timed ``--rounds`` times, interleaved with the others so that drifts in machine
+speed hit all of them alike, and the median is reported. FLOPs are counted by
+``torch.utils.flop_counter`` on one untimed call of each variant (what the matmuls and attention
+actually execute, padding included), so ``GFLOP/s`` is the rate the hardware sustained, shown as a
+fraction of the matmul peak measured in this same run for that precision. Peak memory is the
+highest resident set size above the level before the variant ran (CPU; sampled every 2 ms, with
+glibc's mmap threshold fixed so freed blocks leave the resident set), or peak allocated device
+memory (CUDA).
+
+    python benchmarks/throughput.py                       # both workloads, fp32 and bf16
+    python benchmarks/throughput.py --workloads embedded --dtypes bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lmaas_tune.backends.base import ModelKind
+from lmaas_tune.backends.encoding import encode_batch, label_token_ids
+
+from workloads import WORKLOADS, Workload, build
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# -- the machine --------------------------------------------------------------------------------
+
+
+#: (m, k, n) of the products timed for the peak: square ones, and the shapes of the two models'
+#: feed-forward layers at a pass of ~2048 tokens
+PEAK_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (2048, 576, 1536), (2048, 1536, 576),
+               (2048, 1024, 4096), (2048, 4096, 1024))
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 0.7) -> float:
+    """Best FLOP/s over a set of matrix products (the fraction of it a model reaches is then a lower
+    bound on how well it uses the hardware, not flattered by a slow reference product)."""
+    best = 0.0
+    for m, k, n in PEAK_SHAPES:
+        a = torch.randn(m, k, dtype=dtype, device=device)
+        b = torch.randn(k, n, dtype=dtype, device=device)
+        for _ in range(2):
+            a @ b
+        _sync(device)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            reps += 1
+            _sync(device)
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t0))
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[dict[str, int]]:
+    """Peak memory above the starting level while the block runs (bytes, in ``out["peak"]``)."""
+    out = {"peak": 0}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        yield out
+        out["peak"] = torch.cuda.max_memory_allocated(device) - start
+        return
+    if not os.path.exists("/proc/self/statm"):
+        yield out
+        return
+    start, stop = _rss(), threading.Event()
+    high = [start]
+
+    def sample() -> None:
+        while not stop.is_set():
+            high[0] = max(high[0], _rss())
+            stop.wait(0.002)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        t.join()
+        out["peak"] = max(high[0], _rss()) - start
+
+
+# -- the two ways of scoring -------------------------------------------------------------------
+
+
+def baseline_call(w: Workload, prompt: torch.Tensor) -> np.ndarray:
+    """One candidate, the whole train set in one right-padded pass, full vocabulary head."""
+    model, tok = w.model, w.tokenizer
+    label_ids = label_token_ids(tok, w.batch.label_words)
+    enc = encode_batch(tok, w.kind, w.batch, label_ids)
+    device = next(model.parameters()).device
+    width = int(enc.lengths.max())
+    ids = torch.full((len(enc.ids), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(enc.ids), width + len(prompt)), dtype=torch.long)
+    for r, row in enumerate(enc.ids):
+        ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row) + len(prompt)] = 1
+    emb = model.get_input_embeddings()(ids.to(device))
+    s = enc.insert_at
+    emb = torch.cat([emb[:, :s], prompt[None].expand(len(ids), -1, -1), emb[:, s:]], dim=1)
+    kwargs = {"use_cache": False} if w.kind is ModelKind.CAUSAL else {}
+    logits = model(inputs_embeds=emb, attention_mask=mask.to(device), **kwargs).logits
+    rows = torch.arange(len(ids), device=device)
+    picked = logits[rows, torch.as_tensor(enc.readout, device=device) + len(prompt)][:, list(label_ids)]
+    return picked.float().cpu().numpy()
+
+
+@dataclass
+class Variant:
+    name: str
+    dtype: str
+    calls: int  # calls one timed unit makes
+    run: Callable[[], object]
+    seconds: list[float]
+    flops: float = 0.0
+    peak_bytes: int = 0
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / statistics.median(self.seconds)
+
+
+def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: int, token_budget: int) -> list[Variant]:
+    device = next(w.model.parameters()).device
+    torch_prompts = torch.from_numpy(prompts).to(device, DTYPES[dtype])
+
+    def baseline() -> None:
+        with torch.inference_mode():
+            for p in range(baseline_calls):
+                baseline_call(w, torch_prompts[p])
+        _sync(device)
+
+    out = [Variant("baseline", dtype, baseline_calls, baseline, [])]
+    kinds = [("ours", True)] + ([("ours (whole rows)", False)] if w.kind is ModelKind.CAUSAL else [])
+    for name, share in kinds:
+        backend = w.backend(token_budget=token_budget, share_prefix=share)
+
+        def ours(b=backend) -> None:  # type: ignore[no-untyped-def]
+            b.score_sync(prompts, w.batch)
+            _sync(device)
+
+        out.append(Variant(name, dtype, len(prompts), ours, []))
+    return out
+
+
+def measure(variants: list[Variant], rounds: int, device: torch.device) -> None:
+    for v in variants:  # warm-up, FLOPs and memory, untimed
+        v.run()
+        with peak_memory(device) as mem:
+            with FlopCounterMode(display=False) as counter:
+                v.run()
+        v.flops, v.peak_bytes = counter.get_total_flops() / v.calls, mem["peak"]
+    for _ in range(rounds):
+        for v in variants:
+            t0 = time.perf_counter()
+            v.run()
+            v.seconds.append(time.perf_counter() - t0)
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--popsize", type=int, help="candidates per timed population (ours; default 20, "
+                    "4 for the RoBERTa-large-shaped model on a CPU)")
+    ap.add_argument("--baseline-calls", type=int, default=4, help="candidates per timed baseline unit")
+    ap.add_argument("--prompt-length", type=int, action="append",
+                    help="per workload, in order (default: 10 for embedded, the CPU preset; 50 otherwise)")
+    ap.add_argument("--roberta-layers", type=int, default=24, help="depth of the RoBERTa-large-shaped model")
+    ap.add_argument("--token-budget", type=int, default=2048, help="padded tokens per pass (ours; fit's default)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--project-calls", type=int, default=8000, help="print the minutes this many calls would take")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "throughput.json")
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"device {device}", flush=True)
+    peaks = {d: matmul_peak(DTYPES[d], device) for d in args.dtypes}
+    for d, p in peaks.items():
+        print(f"matmul peak {d}: {p / 1e9:.1f} GFLOP/s", flush=True)
+
+    results = []
+    for i, name in enumerate(args.workloads):
+        plen = (args.prompt_length[i] if args.prompt_length and i < len(args.prompt_length)
+                else (10 if name == "embedded" else 50))
+        popsize = args.popsize or (4 if name != "embedded" and device.type == "cpu" else 20)
+        rows = []
+        for dtype in args.dtypes:
+            extra = {"layers": args.roberta_layers} if name == "roberta-large-shaped" else {}
+            w = build(name, dtype, args.device, **extra)
+            d = w.model.get_input_embeddings().weight.shape[1]
+            std = float(w.model.get_input_embeddings().weight.detach().float().std())
+            prompts = (np.random.default_rng(1).standard_normal((popsize, plen, d)) * std).astype(np.float32)
+            vs = variants_for(w, dtype, prompts, min(args.baseline_calls, popsize), args.token_budget)
+            measure(vs, args.rounds, device)
+            rows += vs
+            tokens = encode_batch(w.tokenizer, w.kind, w.batch).lengths
+            del w
+        base32 = next((v for v in rows if v.name == "baseline" and v.dtype == "float32"), rows[0])
+        print(f"\n{name}: L={plen}, popsize {popsize}, {len(tokens)} inputs per call of "
+              f"{tokens.min()}-{tokens.max()} tokens (mean {tokens.mean():.1f}) before the prompt", flush=True)
+        print(f"{'variant':<22}{'dtype':<10}{'calls/s':>9}{'x base fp32':>13}{'x base same':>13}"
+              f"{'GFLOP/call':>12}{'GFLOP/s':>10}{'% peak':>8}{'peak MiB':>10}{f'min/{args.project_calls}':>11}")
+        for v in rows:
+            same = next(b for b in rows if b.name == "baseline" and b.dtype == v.dtype)
+            rate = v.flops * v.calls_per_s
+            print(f"{v.name:<22}{v.dtype:<10}{v.calls_per_s:>9.3f}{v.calls_per_s / base32.calls_per_s:>13.2f}"
+                  f"{v.calls_per_s / same.calls_per_s:>13.2f}{v.flops / 1e9:>12.2f}{rate / 1e9:>10.1f}"
+                  f"{100 * rate / peaks[v.dtype]:>8.1f}{v.peak_bytes / 2**20:>10.0f}"
+                  f"{args.project_calls / v.calls_per_s / 60:>11.1f}", flush=True)
+            results.append({"workload": name, "prompt_length": plen, "popsize": popsize, **{
+                k: val for k, val in asdict(v).items() if k not in ("run",)}, "calls_per_s": v.calls_per_s,
+                "gflops_per_s": rate / 1e9, "fraction_of_peak": rate / peaks[v.dtype],
+                "x_baseline_fp32": v.calls_per_s / base32.calls_per_s,
+                "projected_minutes": args.project_calls / v.calls_per_s / 60})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
+                                    "matmul_peak_gflops": {d: p / 1e9 for d, p in peaks.items()},
+                                    "rows": results}, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    if sys.platform == "linux" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        # glibc serves big blocks from mmap and returns them on free only below a threshold it
+        # otherwise raises as the program runs; a fixed one makes the resident size follow what
+        # each variant holds, so its peak can be read off. (Same process, same interpreter.)
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    main()
