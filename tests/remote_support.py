@@ -52,13 +52,11 @@ class RecordingSleep:
         await asyncio.sleep(0)
 
 
-class GatedBackend(Backend):
-    """A real backend whose ``score`` waits until :attr:`gate` is set; counts passes and rows."""
+class WrappedBackend(Backend):
+    """A real backend, passed through; subclasses change what ``score`` does around it."""
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
-        self.gate = asyncio.Event()
-        self.calls: list[int] = []  # prompts per score() call
 
     @property
     def info(self) -> BackendInfo:
@@ -66,6 +64,18 @@ class GatedBackend(Backend):
 
     async def token_lengths(self, batch: ScoringBatch) -> tuple[int, ...]:
         return await self.inner.token_lengths(batch)
+
+    async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
+        return await self.inner.score(prompts, batch)
+
+
+class GatedBackend(WrappedBackend):
+    """A real backend whose ``score`` waits until :attr:`gate` is set; counts passes and rows."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__(inner)
+        self.gate = asyncio.Event()
+        self.calls: list[int] = []  # prompts per score() call
 
     async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
         await self.gate.wait()

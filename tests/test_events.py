@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from remote_support import served, sentiment_task
+from remote_support import WrappedBackend, served, sentiment_task
 from resume_support import assert_same_outcome, checkpoint_doc
 from test_remote_fit import assert_same_fit
 
 from lmaas_tune import BudgetSpent, DevChecked, EvaluationProgress, FitResult, GenerationReport, Retry
-from lmaas_tune.backends.base import Backend, BackendInfo, ScoringBatch
+from lmaas_tune.backends.base import Backend, ScoringBatch
 from lmaas_tune.backends.local import LocalBackend
 from lmaas_tune.backends.ratelimit import EndpointLimits
 from lmaas_tune.backends.remote import RemoteBackend
@@ -104,18 +104,12 @@ async def test_cancelled_fit_resumes_to_the_uninterrupted_result(llama_backend: 
     assert_same_outcome(cut_dir, whole_dir)  # result, best prompt, history, ledger, loop state
 
 
-class FlakyBackend(Backend):
+class FlakyBackend(WrappedBackend):
     """The real backend, but its ``fail_on``-th score call fails once with a retryable error."""
 
     def __init__(self, inner: Backend, fail_on: int) -> None:
-        self.inner, self.fail_on, self.calls = inner, fail_on, 0
-
-    @property
-    def info(self) -> BackendInfo:
-        return self.inner.info
-
-    async def token_lengths(self, batch: ScoringBatch) -> tuple[int, ...]:
-        return await self.inner.token_lengths(batch)
+        super().__init__(inner)
+        self.fail_on, self.calls = fail_on, 0
 
     async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
         self.calls += 1

@@ -16,9 +16,10 @@ from typing import Any
 import aiohttp
 import numpy as np
 from aiohttp import web
+from remote_support import WrappedBackend
 from test_cli import NEG, POS
 
-from lmaas_tune import Backend, BackendInfo, BlackBoxTuner, LocalBackend, Projection, ProjectionSpec, ScoringBatch
+from lmaas_tune import Backend, BlackBoxTuner, LocalBackend, Projection, ProjectionSpec, ScoringBatch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,20 +36,14 @@ def _load_example() -> ModuleType:
 example = _load_example()
 
 
-class MeetingBackend(Backend):
+class MeetingBackend(WrappedBackend):
     """The real tiny model; its first ``score`` calls wait until ``expected`` of them are waiting at once,
     which only happens if that many jobs score through this one backend concurrently."""
 
     def __init__(self, inner: Backend, expected: int) -> None:
-        self.inner, self.expected = inner, expected
+        super().__init__(inner)
+        self.expected = expected
         self.waiting, self.met = 0, asyncio.Event()
-
-    @property
-    def info(self) -> BackendInfo:
-        return self.inner.info
-
-    async def token_lengths(self, batch: ScoringBatch) -> tuple[int, ...]:
-        return await self.inner.token_lengths(batch)
 
     async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
         if not self.met.is_set():

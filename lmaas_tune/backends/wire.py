@@ -176,13 +176,7 @@ def decode_spec(obj: Any, path: str = "projection") -> ProjectionSpec | DeepProj
     seed = require(obj, "seed", path, int)
     if not 0 <= seed < 2**128:
         raise WireFormatError(f"{path}.seed", "must be a non-negative integer below 2**128")
-    sizes = {k: require(obj, k, path, int) for k in ("prompt_length", "hidden_size", "intrinsic_dim")}
-    for k, v in sizes.items():
-        if v < 1:
-            raise WireFormatError(f"{path}.{k}", f"must be at least 1; got {v}")
-    dist = require(obj, "distribution", path, str)
-    if dist not in DISTRIBUTIONS:
-        raise WireFormatError(f"{path}.distribution", f"must be one of {list(DISTRIBUTIONS)}; got {dist!r}")
+    sizes, dist = _sizes_and_distribution(obj, path)
     scale = require(obj, "scale", path, float)
     if not (math.isfinite(scale) and scale > 0):
         raise WireFormatError(f"{path}.scale", f"must be a positive finite number; got {scale}")
@@ -190,10 +184,8 @@ def decode_spec(obj: Any, path: str = "projection") -> ProjectionSpec | DeepProj
                           DISTRIBUTIONS.canonical(dist), scale)
 
 
-def _decode_deep_spec(obj: dict[str, Any], path: str) -> DeepProjectionSpec:
-    seed = require(obj, "seed", path, int)
-    if not 0 <= seed < LAYER_SEED_STRIDE:
-        raise WireFormatError(f"{path}.seed", "must be a non-negative integer below 2**64 for a deep projection")
+def _sizes_and_distribution(obj: dict[str, Any], path: str) -> tuple[dict[str, int], str]:
+    """The sizes (L, D, d) and the distribution name every projection spec carries."""
     sizes = {k: require(obj, k, path, int) for k in ("prompt_length", "hidden_size", "intrinsic_dim")}
     for k, v in sizes.items():
         if v < 1:
@@ -201,6 +193,14 @@ def _decode_deep_spec(obj: dict[str, Any], path: str) -> DeepProjectionSpec:
     dist = require(obj, "distribution", path, str)
     if dist not in DISTRIBUTIONS:
         raise WireFormatError(f"{path}.distribution", f"must be one of {list(DISTRIBUTIONS)}; got {dist!r}")
+    return sizes, dist
+
+
+def _decode_deep_spec(obj: dict[str, Any], path: str) -> DeepProjectionSpec:
+    seed = require(obj, "seed", path, int)
+    if not 0 <= seed < LAYER_SEED_STRIDE:
+        raise WireFormatError(f"{path}.seed", "must be a non-negative integer below 2**64 for a deep projection")
+    sizes, dist = _sizes_and_distribution(obj, path)
     raw = require(obj, "scales", path, list)
     if not 1 <= len(raw) <= 4096:
         raise WireFormatError(f"{path}.scales", f"must hold 1 to 4096 scales; got {len(raw)}")
