@@ -86,17 +86,17 @@ async def main() -> None:
     overrides = {"budget": args.budget, "popsize": args.popsize, "prompt_length": args.prompt_length,
                  "intrinsic_dim": args.intrinsic_dim, "k_shot": args.k_shot}
     configs = {m: tune_config(args.preset, m, **overrides) for m in args.methods}
-    variant = f"{args.model}-{args.preset}-b{args.budget}-t{args.limit_test or 'all'}-{args.dtype}"
-    for key, value in overrides.items():
-        if key != "budget" and value is not None:
-            variant += f"-{key}{value}"
     rows = _load(args.out)
-    here = [r for r in rows if r.get("variant") == variant]
-    done = {(r["task"], r["method"], r.get("seed")) for r in here}
     for m, cfg in configs.items():
         print(f"{m}: {cfg.to_dict()}", flush=True)
     async with LocalBackend.load(args.model, device=args.device, dtype=args.dtype) as backend:
         info = backend.info
+        # the variant names the precision actually used ("auto" resolves per machine)
+        variant = f"{args.model}-{args.preset}-b{args.budget}-t{args.limit_test or 'all'}-{info.dtype}"
+        for key, value in overrides.items():
+            if key != "budget" and value is not None:
+                variant += f"-{key}{value}"
+        done = {(r["task"], r["method"], r.get("seed")) for r in rows if r.get("variant") == variant}
         print(f"model {info.model_id}: {info.num_layers} layers, hidden {info.hidden_size}, {info.device}/{info.dtype}; "
               f"variant {variant}", flush=True)
         for name in args.tasks:
