@@ -89,12 +89,7 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_result(
 def test_sigint_stops_cleanly_with_a_resume_hint_and_resume_gives_the_same_result(
         command: list[str], reference: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    p = CliProcess([*command, "--output", str(run_dir)])
-    p.wait_for(_gen_line(3))
-    p.signal(signal.SIGINT)
-    code, _, err = p.finish()
-    assert code == 130, err
-    assert "interrupted by SIGINT" in err and f"lmaas-tune fit --resume {run_dir}" in err
+    err = _stop_with_hint(command, run_dir, signal.SIGINT, after_generation=3, exit_code=130)
     assert "Traceback" not in err
     # consistent: the history ends at the committed generation, best.json is the checkpoint's best, nothing torn
     doc = checkpoint_doc(run_dir)
@@ -109,13 +104,20 @@ def test_sigint_stops_cleanly_with_a_resume_hint_and_resume_gives_the_same_resul
 def test_sigterm_exits_143_with_the_hint(command: list[str], reference: tuple[Path, dict[str, object]],
                                          tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    p = CliProcess([*command, "--output", str(run_dir)])
-    p.wait_for(_gen_line(2))
-    p.signal(signal.SIGTERM)
-    code, _, err = p.finish()
-    assert code == 143, err
-    assert "interrupted by SIGTERM" in err and f"lmaas-tune fit --resume {run_dir}" in err
+    _stop_with_hint(command, run_dir, signal.SIGTERM, after_generation=2, exit_code=143)
     _resume_in_process(run_dir, reference)
+
+
+def _stop_with_hint(command: list[str], run_dir: Path, sig: signal.Signals, *, after_generation: int,
+                    exit_code: int) -> str:
+    """Send ``sig`` to a fit once it printed ``after_generation``; check the exit code and resume hint."""
+    p = CliProcess([*command, "--output", str(run_dir)])
+    p.wait_for(_gen_line(after_generation))
+    p.signal(sig)
+    code, _, err = p.finish()
+    assert code == exit_code, err
+    assert f"interrupted by {sig.name}" in err and f"lmaas-tune fit --resume {run_dir}" in err
+    return err
 
 
 def test_resume_refuses_options_that_change_the_result(reference: tuple[Path, dict[str, object]]) -> None:

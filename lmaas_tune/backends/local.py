@@ -282,9 +282,7 @@ class LocalBackend(Backend):
             p_idx = torch.tensor([p for _, p in chunk], device=self._device)
             embeds = torch.cat([embeds[:, :s], prompt_t[p_idx], embeds[:, s:]], dim=1)
             mask = torch.cat([torch.ones((len(chunk), plen), dtype=mask.dtype, device=mask.device), mask], dim=1)
-        readout = torch.tensor([int(enc.readout[n]) + plen for n, _ in chunk], device=self._device)
-        captured = self._head_input(embeds, mask)
-        return captured[torch.arange(len(chunk), device=self._device), readout]
+        return self._read_at(embeds, mask, [int(enc.readout[n]) + plen for n, _ in chunk])
 
     def _embed_rows(self, chunk: list[tuple[int, int]], enc: EncodedBatch, *, skip: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Input embeddings and attention mask of each row's tokens from ``skip`` on, right-padded."""
@@ -333,9 +331,14 @@ class LocalBackend(Backend):
         embeds, mask = self._embed_rows(chunk, enc, skip=s)
         p_idx = torch.tensor([p for _, p in chunk], device=self._device)
         mask = torch.cat([torch.ones((len(chunk), width), dtype=mask.dtype, device=mask.device), mask], dim=1)
-        readout = torch.tensor([int(enc.readout[n]) - s for n, _ in chunk], device=self._device)
-        captured = self._head_input(embeds, mask, cache=cache_for_rows(kv, p_idx, self._model.config))
-        return captured[torch.arange(len(chunk), device=self._device), readout]
+        return self._read_at(embeds, mask, [int(enc.readout[n]) - s for n, _ in chunk],
+                             cache=cache_for_rows(kv, p_idx, self._model.config))
+
+    def _read_at(self, embeds: torch.Tensor, mask: torch.Tensor, positions: list[int], *, cache: Any = None) -> torch.Tensor:
+        """Input of the output layer at ``positions[r]`` of each row ``r``: ``[rows, hidden]``."""
+        captured = self._head_input(embeds, mask, cache=cache)
+        rows = torch.arange(len(positions), device=self._device)
+        return captured[rows, torch.tensor(positions, device=self._device)]
 
     def _head_input(self, embeds: torch.Tensor, mask: torch.Tensor, *, cache: Any = None) -> torch.Tensor:
         """Input of the output layer at every position; with ``cache``, ``embeds`` continue its sequence."""
