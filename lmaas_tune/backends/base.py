@@ -146,6 +146,14 @@ class Backend(abc.ABC):
 
         raise ConfigError(f"{self.info.model_id} on this backend does not take deep prompts")
 
+    async def embed_text(self, text: str) -> np.ndarray:
+        """The model's input embeddings of ``text``'s tokens (no special tokens), ``[tokens, hidden]``
+        float32: what an initial prompt p0 made from real words is (``--prompt-init``)."""
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{self.info.model_id} on this backend cannot embed text for --prompt-init; "
+                          f"use the local backend or an lmaas-tune service, or leave --prompt-init out")
+
     @abc.abstractmethod
     async def token_lengths(self, batch: ScoringBatch) -> tuple[int, ...]:
         """Tokens each query occupies without a soft prompt (special tokens included)."""

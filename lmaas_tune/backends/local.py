@@ -205,6 +205,13 @@ class LocalBackend(Backend):
             return await super().hidden_state_std(batch)
         return tuple(await self._run(self._hidden_state_std_sync, batch))
 
+    async def embed_text(self, text: str) -> np.ndarray:
+        """See :meth:`Backend.embed_text`: rows of the input embedding table, as float32."""
+        ids = self._tok(text, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            rows = self._in_emb(torch.tensor(ids, dtype=torch.long, device=self._device).reshape(-1))
+        return rows.float().cpu().numpy().reshape(len(ids), self._info.hidden_size)
+
     def _hidden_state_std_sync(self, batch: ScoringBatch) -> list[float]:
         enc = self.encode(batch)
         with torch.inference_mode(), capture_layer_inputs(self._layers) as seen:

@@ -432,6 +432,24 @@ class RemoteBackend(Backend):
 
         return await self._call("measuring hidden states", once)
 
+    async def embed_text(self, text: str) -> np.ndarray:
+        """The service's input embeddings of ``text`` (``POST /v1/embed-text``); see :meth:`Backend.embed_text`."""
+        payload = _dumps({"protocol": PROTOCOL_VERSION, "text": text})
+
+        async def once(ep: _Endpoint) -> np.ndarray:
+            answer = await self._send(ep, "POST", "/v1/embed-text", payload)
+            try:
+                check_protocol(answer)
+                rows = decode_array(require(answer, "embeddings", "", dict), "embeddings", ndim=2)
+                if rows.shape[1] != self.info.hidden_size:
+                    raise WireFormatError("embeddings.shape", f"is {list(rows.shape)}; rows must have "
+                                                              f"{self.info.hidden_size} numbers")
+            except WireFormatError as exc:
+                raise BadResponseError(f"POST {ep.url}/v1/embed-text: malformed answer: {exc}", endpoint=ep.url) from None
+            return rows
+
+        return await self._call("embedding text", once)
+
     async def aclose(self) -> None:
         """Close the session and its connections. Idempotent; the backend cannot be used afterwards."""
         self._closed = True

@@ -9,6 +9,7 @@ Routes (all JSON; every one but health needs the bearer token when one is config
 ``GET  /v1/batches/{key}`` whether a batch is registered (404 ``unknown_batch`` if not)
 ``POST /v1/score``         score a population (embeddings or z + projection) on a batch
 ``POST /v1/hidden-std``    per-layer hidden-state std on a batch (deep-prompt backends; BBTv2)
+``POST /v1/embed-text``    input embeddings of a text's tokens (an initial prompt p0, ``--prompt-init``)
 =========================  =====================================================================
 """
 
@@ -21,7 +22,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..backends.base import Backend, ScoringBatch
-from ..backends.wire import PROTOCOL_VERSION, ServiceInfo, ServiceLimits, encode_array, require
+from ..backends.wire import PROTOCOL_VERSION, ServiceInfo, ServiceLimits, check_protocol, encode_array, require
 from ..errors import ConfigError, InputTooLongError, LmaasTuneError, VerbalizerError, WireFormatError
 from .auth import bearer_auth
 from .batching import DynamicBatcher, QueueFullError, ShuttingDownError
@@ -104,6 +105,20 @@ class ScoringService:
         std = await self.backend.hidden_state_std(stored.batch)
         return web.json_response({"protocol": PROTOCOL_VERSION, "batch_key": stored.batch.key, "std": list(std)})
 
+    async def embed_text(self, request: web.Request) -> web.Response:
+        body = await read_json(request, self.config.max_body_bytes)
+        check_protocol(body)
+        text = require(body, "text", "", str)
+        if not text.strip():
+            raise WireFormatError("text", "must hold at least one token")
+        try:
+            rows = await self.backend.embed_text(text)
+        except ConfigError as exc:
+            raise ApiError(404, "not_supported", str(exc), field="text") from None
+        if len(rows) > self.model.max_length:
+            raise WireFormatError("text", f"has {len(rows)} tokens; the model takes at most {self.model.max_length}")
+        return web.json_response({"protocol": PROTOCOL_VERSION, "embeddings": encode_array(rows, "float32")})
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _stored(self, key: str) -> StoredBatch:
@@ -168,6 +183,7 @@ def create_app(backend: Backend, config: ServerConfig = ServerConfig()) -> web.A
     app.router.add_get("/v1/batches/{key}", service.get_batch)
     app.router.add_post("/v1/score", service.score)
     app.router.add_post("/v1/hidden-std", service.hidden_std)
+    app.router.add_post("/v1/embed-text", service.embed_text)
 
     async def drain(_app: web.Application) -> None:
         await service.batcher.aclose()
