@@ -27,7 +27,6 @@ from typing import Any
 
 from lmaas_tune.backends import LocalBackend
 from lmaas_tune.config import tune_config
-from lmaas_tune.deep_projection import build_projection
 from lmaas_tune.evaluation import evaluate_prompt
 from lmaas_tune.tasks import get_task
 from lmaas_tune.tuner import BlackBoxTuner
@@ -116,7 +115,7 @@ async def main() -> None:
                     start = time.perf_counter()
                     result = await BlackBoxTuner(task, backend, cfg, evaluate_test=False).fit()
                     tuned = time.perf_counter() - start
-                    prompt = build_projection(result.projection)(result.best_z)[0]
+                    prompt = result.prompt()
                     ev = await evaluate_prompt(backend, task, test, prompt)
                     wall = time.perf_counter() - start
                     rows.append({"task": name, "method": m, "seed": seed, "accuracy": ev.accuracy, "n": ev.n,

@@ -44,7 +44,7 @@ import numpy as np
 from aiohttp import web
 
 from lmaas_tune import (Backend, BlackBoxTuner, BudgetSpent, DevChecked, FitResult, GenerationReport, LmaasTuneError,
-                        LocalBackend, Projection, Retry, TaskSpec, TuneConfig)
+                        LocalBackend, Retry, TaskSpec, TuneConfig)
 from lmaas_tune.evaluation import prepare, score_in_chunks
 from lmaas_tune.fewshot import FewShotSplit
 from lmaas_tune.tasks.data import Example
@@ -170,7 +170,7 @@ class TuningService:
                         if name is not None:
                             await job.publish(name, dataclasses.asdict(item))
                         elif isinstance(item, FitResult):
-                            job.prompt = Projection(item.projection)(item.best_z)[0]
+                            job.prompt = item.prompt()
                             job.result, job.status = item, "done"
                             await job.publish("done", result_record(item))
         except asyncio.CancelledError:

@@ -39,6 +39,9 @@ class TuneConfig:
     on_long: str = "drop"
     #: what is searched (:data:`lmaas_tune.methods.METHODS`): "bbt" or "bbtv2" (deep, per layer)
     method: str = "bbt"
+    #: the initial prompt p0 in p = A z + p0: "" for zeros (the paper's), or a text whose token
+    #: embeddings, repeated to L tokens, start the search from real words
+    prompt_init: str = ""
 
     def __post_init__(self) -> None:
         if self.popsize < 2:
@@ -65,6 +68,9 @@ class TuneConfig:
         from .methods import METHODS  # the methods build optimisers; import them only when configs are made
 
         object.__setattr__(self, "method", METHODS.canonical(self.method))
+        if self.prompt_init and self.method != "bbt":
+            raise ConfigError(f"--prompt-init is for --method bbt; {self.method} starts from zeros "
+                              f"(leave --prompt-init out)")
 
     def with_overrides(self, **overrides: Any) -> "TuneConfig":
         """Replace the fields given (``None`` values are ignored)."""

@@ -110,5 +110,10 @@ def spec_from_dict(d: dict[str, Any]) -> ProjectionSpec | DeepProjectionSpec:
     return ProjectionSpec(**d)
 
 
-def build_projection(spec: ProjectionSpec | DeepProjectionSpec) -> Projection | DeepProjection:
-    return DeepProjection(spec) if isinstance(spec, DeepProjectionSpec) else Projection(spec)
+def build_projection(spec: ProjectionSpec | DeepProjectionSpec, base: np.ndarray | None = None) -> Projection | DeepProjection:
+    """The projection ``spec`` describes; a plain one offset by the initial prompt ``base`` (p0)."""
+    if isinstance(spec, DeepProjectionSpec):
+        if base is not None:
+            raise ConfigError("a deep projection takes no initial prompt")
+        return DeepProjection(spec)
+    return Projection(spec, base)

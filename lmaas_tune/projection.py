@@ -97,7 +97,7 @@ class Projection:
         self.matrix = DISTRIBUTIONS.get(spec.distribution)(rng, shape, spec.scale)
         if base_prompt is not None and base_prompt.shape != (spec.prompt_length, spec.hidden_size):
             raise ConfigError(f"initial prompt must be {spec.prompt_length} x {spec.hidden_size}")
-        self.base_prompt = base_prompt
+        self.base_prompt = None if base_prompt is None else np.asarray(base_prompt, dtype=np.float32)
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
         zz = np.atleast_2d(np.asarray(z, dtype=np.float32))

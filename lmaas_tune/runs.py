@@ -6,6 +6,7 @@ Layout::
     history.jsonl      one JSON object per generation, appended and fsynced
     best.json          the best prompt so far: z, the projection that rebuilds it, its scores
     best_prompt.npy    the same prompt as an L x D float32 array (np.load, no pickle)
+    initial_prompt.npy p0 of p = A z + p0, when the run starts from a text (--prompt-init)
     checkpoint.json    where the run stands after its last complete generation (see checkpoint.py)
     checkpoint-cma-NNNNNN.pkl  the optimiser state that checkpoint.json names
     result.json        final metrics, written when the run finishes
@@ -29,7 +30,8 @@ import numpy as np
 from .errors import RunDirectoryError
 
 CONFIG, HISTORY, BEST, BEST_PROMPT, RESULT = "config.json", "history.jsonl", "best.json", "best_prompt.npy", "result.json"
-_TEMPORARY = tuple(f".{name}." for name in (CONFIG, BEST, BEST_PROMPT, RESULT)) + (".checkpoint",)
+INITIAL_PROMPT = "initial_prompt.npy"
+_TEMPORARY = tuple(f".{name}." for name in (CONFIG, BEST, BEST_PROMPT, RESULT, INITIAL_PROMPT)) + (".checkpoint",)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -180,11 +182,32 @@ class RunDirectory:
         for name in (BEST, BEST_PROMPT):
             (self.path / name).unlink(missing_ok=True)
 
-    def save_best(self, best: dict[str, Any], prompt: np.ndarray) -> None:
+    def _write_array(self, name: str, arr: np.ndarray) -> None:
         buf = io.BytesIO()
-        np.save(buf, np.asarray(prompt, dtype=np.float32), allow_pickle=False)
-        atomic_write(self.path / BEST_PROMPT, buf.getvalue())
+        np.save(buf, np.asarray(arr, dtype=np.float32), allow_pickle=False)
+        atomic_write(self.path / name, buf.getvalue())
+
+    def save_best(self, best: dict[str, Any], prompt: np.ndarray) -> None:
+        self._write_array(BEST_PROMPT, prompt)
         self.write_json(BEST, best)
+
+    def save_initial_prompt(self, prompt: np.ndarray | None) -> None:
+        """Store p0 (``None``: the run starts from zeros and stores nothing)."""
+        if prompt is None:
+            (self.path / INITIAL_PROMPT).unlink(missing_ok=True)
+        else:
+            self._write_array(INITIAL_PROMPT, prompt)
+
+    @property
+    def initial_prompt(self) -> np.ndarray | None:
+        """The run's p0, or ``None`` for zeros."""
+        p = self.path / INITIAL_PROMPT
+        if not p.is_file():
+            return None
+        try:
+            return np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise RunDirectoryError(f"{p} is corrupt ({exc})") from exc
 
     @property
     def best(self) -> dict[str, Any]:

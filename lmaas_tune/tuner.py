@@ -38,7 +38,7 @@ from .losses import LOSSES
 from .deep_projection import build_projection, spec_from_dict
 from .methods import METHODS, AnyProjection, AnySpec
 from .optimizers import Optimizer
-from .runs import RESULT, RunDirectory
+from .runs import INITIAL_PROMPT, RESULT, RunDirectory
 from .scheduler import PopulationScheduler
 from .tasks.data import Example
 from .tasks.task import Task
@@ -92,6 +92,11 @@ class FitResult:
     wall_time: float
     ledger: dict[str, int]
     run_dir: Path | None = None
+    initial_prompt: np.ndarray | None = None  # p0 (None: zeros)
+
+    def prompt(self) -> np.ndarray:
+        """The best soft prompt, rebuilt from ``best_z``, the projection and p0."""
+        return build_projection(self.projection, self.initial_prompt)(self.best_z)[0]
 
 
 @dataclass
@@ -238,7 +243,8 @@ class BlackBoxTuner:
         train = await prepare(backend, task, split.train, cfg.prompt_length, what="train examples", on_long=cfg.on_long)
         dev = await prepare(backend, task, split.dev, cfg.prompt_length, what="dev examples", on_long=cfg.on_long)
         method = METHODS.get(cfg.method)
-        space = method.space(cfg, await method.projection_spec(cfg, backend, train.batch))
+        base = await method.initial_prompt(cfg, backend)
+        space = method.space(cfg, await method.projection_spec(cfg, backend, train.batch), base)
         ledger = BudgetLedger(cfg.budget)
         return _Session(None, train, dev, space.projection, space.optimizer, ledger,
                         PopulationScheduler(backend, ledger, concurrency=self.concurrency, events=self._emit),
@@ -251,17 +257,18 @@ class BlackBoxTuner:
         if saved is None:  # a new run, or one stopped before its first checkpoint
             run.rewind_history(0)
             run.clear_best()
+            run.save_initial_prompt(s.project.base_prompt)
             s.committed = save_checkpoint(run, s.state, s.ledger, s.opt, spec, s.discarded)
             return
-        stored = saved.projection(spec)
-        if stored != spec:
-            s.project = build_projection(stored)
+        stored, base = saved.projection(spec), run.initial_prompt  # the run's own p0, bit for bit
+        if stored != spec or not _same(base, s.project.base_prompt):
+            s.project = build_projection(stored, base)
         saved.restore(s.state, s.ledger, s.opt)
         s.committed, s.discarded = saved.doc, saved.discarded
         run.rewind_history(s.state.generation)
         st = s.state
         if st.best is not None and st.best_dev is not None and st.best_generation is not None:
-            run.save_best(self._best_record(st.best, st.best_dev, s.spec, st.best_generation), s.project(st.best.z)[0])
+            run.save_best(self._best_record(st.best, st.best_dev, s.project, st.best_generation), s.project(st.best.z)[0])
         else:
             run.clear_best()
         log.info("resuming %s after generation %d (%d of %d calls)", run.path, st.generation, ledger.calls, ledger.budget)
@@ -287,7 +294,7 @@ class BlackBoxTuner:
             if st.best_dev is None or dev_value > st.best_dev:
                 st.best, st.best_dev, st.best_generation = st.pending, dev_value, st.generation
                 if s.run is not None:
-                    s.run.save_best(self._best_record(st.best, dev_value, s.spec, st.generation), s.project(st.best.z)[0])
+                    s.run.save_best(self._best_record(st.best, dev_value, s.project, st.generation), s.project(st.best.z)[0])
             st.pending = None
             st.next_check = (ledger.calls // cfg.eval_every + 1) * cfg.eval_every
         st.elapsed = time.perf_counter() - start
@@ -316,7 +323,7 @@ class BlackBoxTuner:
                 manual = await self._test(None, data)
         wall = time.perf_counter() - start
         result = FitResult(best.z, s.spec, task.metric, best_dev, best.loss, test_eval, manual, ledger.calls, wall,
-                           ledger.to_dict(), run.path if run else None)
+                           ledger.to_dict(), run.path if run else None, s.project.base_prompt)
         if run is not None:
             run.write_json(RESULT, {
                 "metric": task.metric, "dev": best_dev, "train_loss": best.loss,
@@ -341,8 +348,9 @@ class BlackBoxTuner:
         return summarise(logits, data, self.task.metric)
 
     @staticmethod
-    def _best_record(best: Candidate, dev: float, spec: AnySpec, generation: int) -> dict[str, Any]:
-        return {"z": [float(x) for x in best.z], "projection": spec.to_dict(), "dev": dev,
+    def _best_record(best: Candidate, dev: float, project: AnyProjection, generation: int) -> dict[str, Any]:
+        return {"z": [float(x) for x in best.z], "projection": project.spec.to_dict(), "dev": dev,
+                "initial_prompt": None if project.base_prompt is None else INITIAL_PROMPT,
                 "train_loss": best.loss, "found_at_calls": best.calls, "checked_at_generation": generation}
 
 
@@ -366,4 +374,10 @@ def stored_result(run: RunDirectory) -> FitResult:
     return FitResult(np.asarray(best["z"], dtype=np.float64), spec_from_dict(best["projection"]), res["metric"],
                      float(res["dev"]), float(res["train_loss"]), _evaluation(res.get("test")),
                      _evaluation(res.get("manual_prompt_test")), int(res["calls"]), float(res["wall_time_s"]),
-                     dict(res["ledger"]), run.path)
+                     dict(res["ledger"]), run.path, run.initial_prompt)
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.array_equal(a, b))

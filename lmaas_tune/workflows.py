@@ -138,6 +138,7 @@ class SavedRun:
     projection: ProjectionSpec | DeepProjectionSpec
     z: np.ndarray
     recorded_test: dict[str, Any] | None
+    initial_prompt: np.ndarray | None = None  # p0 (None: zeros)
 
     @classmethod
     def load(cls, path: str | Path) -> "SavedRun":
@@ -145,11 +146,13 @@ class SavedRun:
         cfg, best = run.config, run.best
         recorded = run.result.get("test") if (run.path / "result.json").exists() else None
         return cls(run, TaskSpec.from_dict(cfg["task"]), BackendSettings.from_dict(cfg["backend"]),
-                   spec_from_dict(best["projection"]), np.asarray(best["z"], dtype=np.float64), recorded)
+                   spec_from_dict(best["projection"]), np.asarray(best["z"], dtype=np.float64), recorded,
+                   run.initial_prompt)
 
     def prompt(self) -> np.ndarray:
-        """The best soft prompt (``[L, D]``, or ``[layers, L, D]`` for a deep run), rebuilt from z and the projection spec."""
-        return build_projection(self.projection)(self.z)[0]
+        """The best soft prompt (``[L, D]``, or ``[layers, L, D]`` for a deep run), rebuilt from z, the
+        projection spec and the run's initial prompt."""
+        return build_projection(self.projection, self.initial_prompt)(self.z)[0]
 
 
 async def evaluate_run(

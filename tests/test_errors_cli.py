@@ -61,6 +61,7 @@ CASES = {
     "resume-not-a-run": "is not a run directory",
     "resume-conflict": "--budget 12 (the run has 10)",
     "on-long-unknown": "--on-long must be drop or error",
+    "prompt-init-deep": "--prompt-init is for --method bbt",
     "column-malformed": "--column expects FIELD=COLUMN",
     "device-unavailable": "no such CUDA device",
 }
@@ -162,6 +163,7 @@ def test_tuning_settings(data: Path, llama_dir: Path) -> None:
     check("budget-below-popsize", ["fit", *task_args(data, llama_dir), "--budget", "3", "--popsize", "4"], 2)
     check("sigma-not-finite", ["fit", *task_args(data, llama_dir), "--sigma", "inf"], 2)
     check("on-long-unknown", ["fit", *task_args(data, llama_dir), "--on-long", "truncate"], 2)
+    check("prompt-init-deep", ["fit", *task_args(data, llama_dir), "--method", "bbtv2", "--prompt-init", "Review:"], 2)
     check("column-malformed", ["fit", *task_args(data, llama_dir), "--column", "sentence"], 2)
     check("device-unavailable", ["evaluate", *task_args(data, llama_dir), "--device", "cuda:99"], 2)
 

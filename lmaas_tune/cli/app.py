@@ -340,6 +340,7 @@ def fit_cmd(
     loss: Annotated[Optional[str], typer.Option(help="ce, hinge or acc (minus accuracy); paper: ce.")] = None,
     k_shot: Annotated[Optional[int], typer.Option("--k-shot", help="Train (and dev) examples per class; paper: 16.")] = None,
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Calls between dev checks; paper: 100.")] = None,
+    prompt_init: Annotated[Optional[str], typer.Option("--prompt-init", help="Start the search from this text's token embeddings (repeated to L tokens) instead of zeros: p = A z + p0. Default: zeros, the paper's.")] = None,
     on_long: OnLongOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (default: runs/TASK-MODEL-sSEED-TIME).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the stopped run in this directory, with its stored settings (only --device, --concurrency, --endpoint, --token-env, --quiet and --json may change); a finished run just shows its result.")] = None,
@@ -364,6 +365,7 @@ def fit_cmd(
         config = tune_config(
             preset, method, seed=seed, budget=budget, popsize=popsize, prompt_length=prompt_length, intrinsic_dim=intrinsic_dim,
             sigma0=sigma, alpha=alpha, loss=loss, k_shot=k_shot, eval_every=eval_every, on_long=on_long,
+            prompt_init=prompt_init,
         )
         settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env)
         if output is None:

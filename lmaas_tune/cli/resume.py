@@ -31,7 +31,7 @@ FREE = {"resume", "device", "concurrency", "endpoint", "token_env", "quiet", "js
 #: tuning option -> TuneConfig field
 TUNE_FIELDS = {"seed": "seed", "budget": "budget", "popsize": "popsize", "prompt_length": "prompt_length",
                "intrinsic_dim": "intrinsic_dim", "sigma": "sigma0", "alpha": "alpha", "loss": "loss",
-               "k_shot": "k_shot", "eval_every": "eval_every", "on_long": "on_long"}
+               "k_shot": "k_shot", "eval_every": "eval_every", "on_long": "on_long", "prompt_init": "prompt_init"}
 
 
 def absolute_data_path(location: str | None) -> str | None:
