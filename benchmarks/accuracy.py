@@ -5,7 +5,9 @@ deterministic, so its std is 0) and BBT runs with the given seeds (the seed draw
 split, the projection and CMA-ES). Templates and settings were chosen on a dev sample from the
 train pool (benchmarks/templates.py) and the CPU preset, never on the test set.
 
-Results are appended to ``--out`` as they finish; a rerun skips what is already there.
+Results are appended to ``--out`` as they finish; a rerun skips what is already there. A variant
+names the precision, budget, p0 and the thread count: in bfloat16 the rounding of a matrix product
+depends on how the threads split it, and a CMA-ES run amplifies that, so runs differ by thread count.
 
     python benchmarks/accuracy.py --seeds 42 43 44
 """
@@ -20,11 +22,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from lmaas_tune.backends import LocalBackend
 from lmaas_tune.config import PRESETS
 from lmaas_tune.evaluation import evaluate_prompt
 from lmaas_tune.tasks import get_task
 from lmaas_tune.tuner import BlackBoxTuner
+
+#: the initial prompt p0 (``--prompt-init``), chosen on the same train-pool dev sample as the templates
+#: (benchmarks/templates.py --init): the instruction a zero-shot reader would be given
+INIT = "Is the following movie review positive or negative?\n"
 
 TEMPLATES = {
     "paper": ("{sentence} . It was {mask}", "bad,great"),
@@ -70,14 +78,19 @@ async def main() -> None:
     ap.add_argument("--templates", nargs="+", default=list(TEMPLATES), choices=list(TEMPLATES))
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--budget", type=int)
+    ap.add_argument("--prompt-init", default=INIT, help="BBT's initial prompt text; '' for zeros (the paper's)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
     args = ap.parse_args()
-    config = PRESETS.get(args.preset).config.with_overrides(budget=args.budget)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = PRESETS.get(args.preset).config.with_overrides(budget=args.budget, prompt_init=args.prompt_init)
     rows = _load(args.out)
     base = get_task("sst2")
     async with LocalBackend.load(args.model, dtype=args.dtype) as backend:
         # rows of other variants are kept, not mixed; the variant names the precision actually used
-        variant = f"{args.preset}-b{config.budget}-{backend.info.dtype}"
+        variant = (f"{args.preset}-b{config.budget}-{backend.info.dtype}" + ("-init" if config.prompt_init else "")
+                   + f"-t{torch.get_num_threads()}")
         done = {(r["template"], r["method"], r.get("seed")) for r in rows if r["variant"] == variant}
         print(f"settings: {config.to_dict()} model={args.model} dtype={backend.info.dtype}", flush=True)
         test = base.load("test")
@@ -105,8 +118,8 @@ async def main() -> None:
                 print(f"{name} bbt seed {seed}: test {result.test.accuracy:.4f} dev {result.dev:.4f} "
                       f"({result.calls} calls, {wall:.0f} s)", flush=True)
     print()
-    print(f"variant {variant} ({backend.info.dtype}, {config.budget} calls, L={config.prompt_length}, "
-          f"{config.k_shot}-shot; test = 872 SST-2 validation sentences)")
+    print(f"variant {variant} ({backend.info.dtype}, {torch.get_num_threads()} threads, {config.budget} calls, L={config.prompt_length}, "
+          f"{config.k_shot}-shot, p0 {config.prompt_init or 'zeros'!r}; test = 872 SST-2 validation sentences)")
     print(table([r for r in rows if r["variant"] == variant], args.templates))
 
 
