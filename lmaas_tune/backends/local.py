@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputTooLongError
-from .allocator import keep_freed_memory
 from .base import Backend, BackendInfo, ModelKind, ScoringBatch, check_prompts
 from .deep import capture_layer_inputs, inject, layer_input_std, layers_if_found, split_deep
 from .encoding import EncodedBatch, encode_batch, label_token_ids
@@ -108,8 +107,6 @@ class LocalBackend(Backend):
         self._label_ids: dict[tuple[str, ...], tuple[int, ...]] = {}  # tokenised (and warned about) once
         param = next(model.parameters())
         self._device, self._dtype = param.device, param.dtype
-        if self._device.type == "cpu":
-            keep_freed_memory()  # no page faults for reused activation buffers (see .allocator)
         self._in_emb = model.get_input_embeddings()
         self._out_emb = model.get_output_embeddings()
         if self._out_emb is None:
