@@ -13,11 +13,13 @@ workload (benchmarks/workloads.py) and each precision, in one process:
 Each variant is timed ``--rounds`` times, interleaved with the others so that drifts in machine
 speed hit all of them alike, and the median is reported. FLOPs are counted by
 ``torch.utils.flop_counter`` on one untimed call of each variant (what the matmuls and attention
-actually execute, padding included), so ``GFLOP/s`` is the rate the hardware sustained, shown as a
-fraction of the matmul peak measured in this same run for that precision. Peak memory is the
-highest resident set size above the level before the variant ran (CPU; sampled every 2 ms, with
-glibc's mmap threshold fixed so freed blocks leave the resident set), or peak allocated device
-memory (CUDA).
+actually execute, padding included), so ``GFLOP/s`` is the rate the hardware sustained. ``% peak``
+compares it with the matmul peak for that precision measured in the same run, round by round: each
+round first measures the peak, then times every variant, and the column is the median over rounds
+of (the variant's FLOP/s in that round / that round's peak), since this machine's speed drifts over
+minutes. Peak memory is the highest resident set size above the level before the variant ran (CPU;
+sampled every 2 ms, with glibc's mmap threshold fixed so freed blocks leave the resident set), or
+peak allocated device memory (CUDA).
 
     python benchmarks/throughput.py                       # both workloads, fp32 and bf16
     python benchmarks/throughput.py --workloads embedded --dtypes bfloat16
@@ -35,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +154,11 @@ class Variant:
     seconds: list[float]
     flops: float = 0.0
     peak_bytes: int = 0
+    fractions: list[float] = field(default_factory=list)  # of the matmul peak measured in the same round
+
+    @property
+    def fraction_of_peak(self) -> float:
+        return statistics.median(self.fractions)
 
     @property
     def calls_per_s(self) -> float:
@@ -183,18 +190,26 @@ def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: i
     return out
 
 
-def measure(variants: list[Variant], rounds: int, device: torch.device) -> None:
+def measure(variants: list[Variant], rounds: int, device: torch.device, dtype: torch.dtype) -> list[float]:
+    """Time each variant once per round, and the matmul peak in the same round (this machine's speed
+    drifts over minutes, so a variant's fraction of the peak compares two measurements taken
+    together). The matmul peaks of the rounds, in FLOP/s."""
     for v in variants:  # warm-up, FLOPs and memory, untimed
         v.run()
         with peak_memory(device) as mem:
             with FlopCounterMode(display=False) as counter:
                 v.run()
         v.flops, v.peak_bytes = counter.get_total_flops() / v.calls, mem["peak"]
+    peaks = []
     for _ in range(rounds):
+        peak = matmul_peak(dtype, device, seconds=0.3)
+        peaks.append(peak)
         for v in variants:
             t0 = time.perf_counter()
             v.run()
             v.seconds.append(time.perf_counter() - t0)
+            v.fractions.append(v.flops * v.calls / v.seconds[-1] / peak)
+    return peaks
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -220,10 +235,7 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"device {device}", flush=True)
-    peaks = {d: matmul_peak(DTYPES[d], device) for d in args.dtypes}
-    for d, p in peaks.items():
-        print(f"matmul peak {d}: {p / 1e9:.1f} GFLOP/s", flush=True)
-
+    peaks: dict[str, list[float]] = {d: [] for d in args.dtypes}
     results = []
     for i, name in enumerate(args.workloads):
         plen = (args.prompt_length[i] if args.prompt_length and i < len(args.prompt_length)
@@ -237,7 +249,10 @@ def main() -> None:
             std = float(w.model.get_input_embeddings().weight.detach().float().std())
             prompts = (np.random.default_rng(1).standard_normal((popsize, plen, d)) * std).astype(np.float32)
             vs = variants_for(w, dtype, prompts, min(args.baseline_calls, popsize), args.token_budget)
-            measure(vs, args.rounds, device)
+            round_peaks = measure(vs, args.rounds, device, DTYPES[dtype])
+            peaks[dtype] += round_peaks
+            print(f"{name} {dtype}: matmul peak per round " + ", ".join(f"{p / 1e9:.1f}" for p in round_peaks)
+                  + " GFLOP/s", flush=True)
             rows += vs
             tokens = encode_batch(w.tokenizer, w.kind, w.batch).lengths
             del w
@@ -251,16 +266,17 @@ def main() -> None:
             rate = v.flops * v.calls_per_s
             print(f"{v.name:<22}{v.dtype:<10}{v.calls_per_s:>9.3f}{v.calls_per_s / base32.calls_per_s:>13.2f}"
                   f"{v.calls_per_s / same.calls_per_s:>13.2f}{v.flops / 1e9:>12.2f}{rate / 1e9:>10.1f}"
-                  f"{100 * rate / peaks[v.dtype]:>8.1f}{v.peak_bytes / 2**20:>10.0f}"
+                  f"{100 * v.fraction_of_peak:>8.1f}{v.peak_bytes / 2**20:>10.0f}"
                   f"{args.project_calls / v.calls_per_s / 60:>11.1f}", flush=True)
             results.append({"workload": name, "prompt_length": plen, "popsize": popsize, **{
                 k: val for k, val in asdict(v).items() if k not in ("run",)}, "calls_per_s": v.calls_per_s,
-                "gflops_per_s": rate / 1e9, "fraction_of_peak": rate / peaks[v.dtype],
+                "gflops_per_s": rate / 1e9, "fraction_of_peak": v.fraction_of_peak,
                 "x_baseline_fp32": v.calls_per_s / base32.calls_per_s,
                 "projected_minutes": args.project_calls / v.calls_per_s / 60})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
-                                    "matmul_peak_gflops": {d: p / 1e9 for d, p in peaks.items()},
+                                    "matmul_peak_gflops": {d: max(p) / 1e9 for d, p in peaks.items() if p},
+                                    "matmul_peak_gflops_per_round": {d: [x / 1e9 for x in p] for d, p in peaks.items()},
                                     "rows": results}, indent=1) + "\n")
     print(f"\nwrote {args.out}")
 

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh ""
-lmaas-tune fit --task sst2 --preset cpu "$@"
+# p0 = the embeddings of an instruction (README, "Initial prompt p0"); drop --prompt-init for the paper's zeros
+lmaas-tune fit --task sst2 --preset cpu --prompt-init $'Is the following movie review positive or negative?\n' "$@"
