@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .backends.base import Backend, ScoringBatch
-from .deep_projection import DeepProjection, DeepProjectionSpec
+from .deep_projection import DeepProjection, DeepProjectionSpec, build_projection
 from .errors import ConfigError
 from .optimizers import CMAES, LayerwiseCMAES, Optimizer
 from .projection import Projection, ProjectionSpec
@@ -58,9 +58,8 @@ class Method(abc.ABC):
         """The projection for this model (may score ``train`` once, uncharged, to measure the model)."""
 
     async def initial_prompt(self, config: "TuneConfig", backend: Backend) -> np.ndarray | None:
-        """p0 of ``p = A z + p0`` (``None``: zeros). Only shallow BBT takes one (``--prompt-init``)."""
-        if config.prompt_init:
-            raise ConfigError(f"--prompt-init is for --method bbt; {config.method} starts from zeros")
+        """p0 of ``p = A z + p0`` (``None``: zeros). Only shallow BBT takes one (``--prompt-init``;
+        :class:`~lmaas_tune.config.TuneConfig` refuses it for the other methods)."""
         return None
 
     @abc.abstractmethod
@@ -110,13 +109,11 @@ class DeepBBT(Method):
         )
 
     def space(self, config: "TuneConfig", spec: AnySpec, base: np.ndarray | None = None) -> SearchSpace:
-        if base is not None:
-            raise ConfigError("method bbtv2 starts from zeros; it takes no initial prompt")
         if not isinstance(spec, DeepProjectionSpec):
             raise ConfigError("method bbtv2 needs a deep projection; this run stores a plain one")
         opt = LayerwiseCMAES(spec.layers, config.intrinsic_dim, popsize=config.popsize, sigma0=config.sigma0,
                              seed=config.seed, bounds=config.bounds)
-        return SearchSpace(opt, DeepProjection(spec))
+        return SearchSpace(opt, build_projection(spec, base))  # refuses a base: deep prompts start from zeros
 
 
 def text_prompt(rows: np.ndarray, length: int, text: str = "") -> np.ndarray:
