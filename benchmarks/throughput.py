@@ -24,11 +24,12 @@ peak of all rounds (both as fast as the hardware ran them here).
 Peak memory is the highest resident set size above the level before the variant ran (CPU; sampled
 every 2 ms), or peak allocated device memory (CUDA). On the CPU it is measured after the timing,
 with glibc told to return freed blocks at once (see :func:`freed_blocks_returned`): that setting
-makes every large allocation a fresh mapping and slowed the scoring path 2.6x in a test, so no
-timed call runs under it.
+makes every large allocation a fresh mapping, page-faulted anew on each call, so no timed call
+runs under it.
 
     python benchmarks/throughput.py                       # both workloads, fp32 and bf16
     python benchmarks/throughput.py --workloads embedded --dtypes bfloat16
+    python benchmarks/throughput.py --workloads embedded --rounds 1 --profile   # + time per operator
 """
 
 from __future__ import annotations
@@ -96,22 +97,22 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 @contextmanager
-def freed_blocks_returned() -> Iterator[None]:
+def freed_blocks_returned() -> Iterator[Callable[[], None]]:
     """While the block runs, serve blocks above 64 KiB from their own mappings so that freeing one
     returns it to the system and the resident set follows what is held (glibc on Linux; a no-op
     elsewhere). Afterwards the thresholds are set to the upper bounds glibc's own adaptive ones
-    climb to (32 MiB mmap, 64 MiB trim), the state a long-running process reaches anyway."""
+    climb to (32 MiB mmap, 64 MiB trim), the state a long-running process reaches anyway. Yields a
+    function that hands free heap memory back, to call before each measurement."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt  # noqa: B018 (glibc only)
     except (OSError, AttributeError):
-        yield
+        yield lambda: None
         return
     libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
     libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
-    libc.malloc_trim(0)  # give back what the timed calls left free, so the start level is what is held
     try:
-        yield
+        yield lambda: libc.malloc_trim(0)  # give back what is free, so a start level is what is held
     finally:
         libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
         libc.mallopt(M_TRIM_THRESHOLD, 64 * 2**20)
@@ -245,8 +246,9 @@ def measure(variants: list[Variant], rounds: int, device: torch.device, dtype: t
             v.run()
             v.seconds.append(time.perf_counter() - t0)
             v.fractions.append(v.flops * v.calls / v.seconds[-1] / peak)
-    with freed_blocks_returned():
+    with freed_blocks_returned() as trim:
         for v in variants:
+            trim()
             with peak_memory(device) as mem:
                 v.run()
             v.peak_bytes = mem["peak"]
@@ -254,6 +256,18 @@ def measure(variants: list[Variant], rounds: int, device: torch.device, dtype: t
 
 
 # -- the report --------------------------------------------------------------------------------
+
+
+def print_profile(v: Variant, top: int = 12) -> None:
+    """Share of one call's operator time per operator, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])]) as prof:
+        v.run()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    print(f"where ours ({v.dtype}) spends its time: " + ", ".join(
+        f"{e.key.removeprefix('aten::')} {100 * e.self_cpu_time_total / total:.1f}%" for e in ops[:top]), flush=True)
 
 
 def main() -> None:
@@ -271,6 +285,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--project-calls", type=int, default=8000, help="print the minutes this many calls would take")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "throughput.json")
+    ap.add_argument("--profile", action="store_true", help="also print where one untimed call of ours spends its "
+                    "time, by operator (torch.profiler)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -297,6 +313,8 @@ def main() -> None:
             print(f"{name} {dtype}: matmul peak per round " + ", ".join(f"{p / 1e9:.1f}" for p in round_peaks)
                   + " GFLOP/s", flush=True)
             rows += vs
+            if args.profile:
+                print_profile(next(v for v in vs if v.name == "ours"))
             tokens = encode_batch(w.tokenizer, w.kind, w.batch).lengths
             del w
         base32 = next((v for v in rows if v.name == "baseline" and v.dtype == "float32"), rows[0])
