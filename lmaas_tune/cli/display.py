@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..events import BudgetSpent, Retry
 from ..tuner import EvaluationProgress, Event, GenerationReport
 
 
@@ -60,14 +61,31 @@ class Display:
         self._progress.update(self._tasks[name], completed=done, total=total, status=status)
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, GenerationReport):
-            if self._progress is None:
-                self.note(describe(event))
-            else:
-                status = f"loss {event.best_loss:.4f} | train {event.train_accuracy:.3f} | dev {_fmt(event.best_dev)} | {event.calls_per_s:.2f} calls/s"
-                self.bar("tuning", event.calls, event.budget, status)
-        elif isinstance(event, EvaluationProgress):
-            self.evaluation_progress(event.done, event.total, event.what)
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _generation(self, event: GenerationReport) -> None:
+        if self._progress is None:
+            self.note(describe(event))
+        else:
+            status = f"loss {event.best_loss:.4f} | train {event.train_accuracy:.3f} | dev {_fmt(event.best_dev)} | {event.calls_per_s:.2f} calls/s"
+            self.bar("tuning", event.calls, event.budget, status)
+
+    def _evaluation(self, event: EvaluationProgress) -> None:
+        self.evaluation_progress(event.done, event.total, event.what)
+
+    def _retry(self, event: Retry) -> None:
+        after = "" if event.delay is None else f", again in {event.delay:.1f} s"
+        times = "" if event.retries == 1 else f" ({event.retries} retries)"
+        self.note(f"retrying{times}: {event.reason}{after}")
+
+    def _budget_spent(self, event: BudgetSpent) -> None:
+        self.note(f"budget spent: {event.calls}/{event.budget} calls, {event.elapsed:.1f} s of tuning")
+
+    # dev checks show in the generation line's dev column, so they need no line of their own
+    _handlers: dict[type, Any] = {GenerationReport: _generation, EvaluationProgress: _evaluation,
+                                  Retry: _retry, BudgetSpent: _budget_spent}
 
     def evaluation_progress(self, done: int, total: int, what: str = "test") -> None:
         if self._progress is None:
