@@ -40,7 +40,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -187,16 +186,21 @@ class Variant:
     seconds: list[float]
     flops: float = 0.0
     peak_bytes: int = 0
-    fractions: list[float] = field(default_factory=list)  # of the matmul peak measured in the same round
-    best_fraction: float = 0.0  # best round over the best peak of the same rounds
+    round_peaks: list[float] = field(default_factory=list)  # matmul peak of the round of each of ``seconds``
+
+    @property
+    def fractions(self) -> list[float]:
+        """Each round's FLOP/s over the matmul peak measured in the same round."""
+        return [self.flops * self.calls / s / p for s, p in zip(self.seconds, self.round_peaks)]
 
     @property
     def fraction_of_peak(self) -> float:
         return statistics.median(self.fractions)
 
-    def fraction_of_best_peak(self, peaks: list[float]) -> float:
+    @property
+    def best_fraction(self) -> float:
         """Best round's FLOP/s over the best matmul peak of the same rounds."""
-        return self.flops * self.calls / min(self.seconds) / max(peaks)
+        return self.flops * self.calls / min(self.seconds) / max(self.round_peaks)
 
     @property
     def calls_per_s(self) -> float:
@@ -245,7 +249,7 @@ def measure(variants: list[Variant], rounds: int, device: torch.device, dtype: t
             t0 = time.perf_counter()
             v.run()
             v.seconds.append(time.perf_counter() - t0)
-            v.fractions.append(v.flops * v.calls / v.seconds[-1] / peak)
+            v.round_peaks.append(peak)
     with freed_blocks_returned() as trim:
         for v in variants:
             trim()
@@ -308,8 +312,6 @@ def main() -> None:
             vs = variants_for(w, dtype, prompts, min(args.baseline_calls, popsize), args.token_budget)
             round_peaks = measure(vs, args.rounds, device, DTYPES[dtype])
             peaks[dtype] += round_peaks
-            for v in vs:
-                v.best_fraction = v.fraction_of_best_peak(round_peaks)
             print(f"{name} {dtype}: matmul peak per round " + ", ".join(f"{p / 1e9:.1f}" for p in round_peaks)
                   + " GFLOP/s", flush=True)
             rows += vs
@@ -330,8 +332,9 @@ def main() -> None:
                   f"{100 * v.fraction_of_peak:>8.1f}{100 * v.best_fraction:>8.1f}{v.peak_bytes / 2**20:>10.0f}"
                   f"{args.project_calls / v.calls_per_s / 60:>11.1f}", flush=True)
             results.append({"workload": name, "prompt_length": plen, "popsize": popsize, **{
-                k: val for k, val in asdict(v).items() if k not in ("run",)}, "calls_per_s": v.calls_per_s,
-                "gflops_per_s": rate / 1e9, "fraction_of_peak": v.fraction_of_peak,
+                k: val for k, val in asdict(v).items() if k not in ("run", "round_peaks")}, "calls_per_s": v.calls_per_s,
+                "gflops_per_s": rate / 1e9, "fractions": v.fractions, "fraction_of_peak": v.fraction_of_peak,
+                "best_fraction": v.best_fraction,
                 "x_baseline_fp32": v.calls_per_s / base32.calls_per_s,
                 "projected_minutes": args.project_calls / v.calls_per_s / 60})
     args.out.parent.mkdir(parents=True, exist_ok=True)
