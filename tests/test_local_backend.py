@@ -205,10 +205,10 @@ class _PassCounter:
 
 @pytest.mark.parametrize("token_budget", [None, 1, 40])
 async def test_population_equals_one_by_one(any_backend: LocalBackend, token_budget: int | None) -> None:
-    backend = any_backend
-    if token_budget is not None:
-        backend = LocalBackend(any_backend.model, any_backend.tokenizer, any_backend.info.kind,
-                               model_id="budgeted", token_budget=token_budget)
+    # the transformers layers throughout, so that every pass is a call of the model (the fused
+    # Llama path runs its text rows outside it: test_fused_llama_equals_the_transformers_layers)
+    backend = LocalBackend(any_backend.model, any_backend.tokenizer, any_backend.info.kind, model_id="budgeted",
+                           token_budget=token_budget or 2048, fused=False)
     batch = _batch(any_backend)
     prompts = _prompts(any_backend, 5, 3, seed=11)
     counter = _PassCounter(any_backend.model)
@@ -217,8 +217,7 @@ async def test_population_equals_one_by_one(any_backend: LocalBackend, token_bud
         passes = counter.passes
     finally:
         counter.close()
-        if backend is not any_backend:
-            await backend.aclose()
+        await backend.aclose()
     singles = np.concatenate([await any_backend.score(prompts[p:p + 1], batch) for p in range(5)], axis=0)
     assert together.shape == singles.shape == (5, len(TEXTS), 2)
     np.testing.assert_allclose(together, singles, atol=1e-5, rtol=1e-5)
@@ -241,7 +240,7 @@ async def test_shared_prefix_equals_whole_sequences(causal_backend: LocalBackend
     whole = LocalBackend(causal_backend.model, causal_backend.tokenizer, causal_backend.info.kind,
                          model_id="whole", token_budget=token_budget, share_prefix=False)
     shared = LocalBackend(causal_backend.model, causal_backend.tokenizer, causal_backend.info.kind,
-                          model_id="shared", token_budget=token_budget)
+                          model_id="shared", token_budget=token_budget, fused=False)
     batch = _batch(causal_backend)
     prompts = _prompts(causal_backend, 4, 6, seed=21)
     counter = _PassCounter(causal_backend.model)
@@ -257,6 +256,69 @@ async def test_shared_prefix_equals_whole_sequences(causal_backend: LocalBackend
     np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
     assert shared_passes == whole_passes + 1  # the one prefix pass; the text passes are the same
     assert not np.allclose(b[0], b[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("token_budget", [8192, 1, 40])
+async def test_fused_llama_equals_the_transformers_layers(llama_backend: LocalBackend, token_budget: int) -> None:
+    """The fused path (lmaas_tune/backends/fused_llama.py) scores what the model's own layers score,
+    calling the model only for the prefix pass; the tiny Llama has grouped key/value heads."""
+    model, tok = llama_backend.model, llama_backend.tokenizer
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    fused = LocalBackend(model, tok, ModelKind.CAUSAL, model_id="fused", token_budget=token_budget)
+    layers = LocalBackend(model, tok, ModelKind.CAUSAL, model_id="layers", token_budget=token_budget, fused=False)
+    batch = _batch(llama_backend)
+    prompts = _prompts(llama_backend, 4, 6, seed=5)
+    counter = _PassCounter(model)
+    try:
+        got = await fused.score(prompts, batch)
+        assert counter.passes == 1  # the prefix pass; every text row ran in the fused path
+        want = await layers.score(prompts, batch)
+    finally:
+        counter.close()
+        await fused.aclose()
+        await layers.aclose()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    for p in (0, 3):
+        for n, q in enumerate(batch.queries):
+            np.testing.assert_allclose(got[p, n], _reference_logits(llama_backend, prompts[p], q), atol=1e-4, rtol=1e-4)
+    assert not np.allclose(got[0], got[1], atol=1e-3)
+
+
+async def test_fused_llama_in_bfloat16_tracks_float32(llama_dir) -> None:
+    """In bfloat16 the fused path rounds at other points than the model's layers do; its logits
+    stay as close to the float32 ones as the layers' own bfloat16 logits are."""
+    exact = LocalBackend.load(str(llama_dir), device="cpu", dtype="float32", fused=False)
+    fused = LocalBackend.load(str(llama_dir), device="cpu", dtype="bfloat16")
+    layers = LocalBackend.load(str(llama_dir), device="cpu", dtype="bfloat16", fused=False)
+    batch = _batch(exact)
+    prompts = _prompts(exact, 6, 6, seed=8)
+    try:
+        want = await exact.score(prompts, batch)
+        err_fused = np.abs(await fused.score(prompts, batch) - want).max()
+        err_layers = np.abs(await layers.score(prompts, batch) - want).max()
+    finally:
+        for b in (exact, fused, layers):
+            await b.aclose()
+    scale = np.abs(want).max()
+    assert 0 < err_fused < 0.05 * scale and err_fused < 3 * err_layers
+
+
+def test_fused_llama_only_where_it_computes_the_same(llama_backend, gpt2_backend, masked_backend) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmaas_tune.backends.fused_llama import fused_llama_supported
+
+    assert fused_llama_supported(llama_backend.model)
+    assert not fused_llama_supported(gpt2_backend.model) and not fused_llama_supported(masked_backend.model)
+    small = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 2}
+    assert fused_llama_supported(LlamaForCausalLM(LlamaConfig(**small)))
+    for change in ({"attention_bias": True}, {"mlp_bias": True}, {"hidden_act": "gelu"}):
+        assert not fused_llama_supported(LlamaForCausalLM(LlamaConfig(**small, **change))), change
+    assert not fused_llama_supported(LlamaForCausalLM(LlamaConfig(**small)).half())
+    unshared = LocalBackend(llama_backend.model, llama_backend.tokenizer, ModelKind.CAUSAL, model_id="u",
+                            share_prefix=False)
+    assert not unshared.fused  # whole rows keep the transformers path
 
 
 # -- (d) label-word ids --------------------------------------------------------------------------

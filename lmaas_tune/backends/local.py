@@ -25,6 +25,7 @@ from ..errors import ConfigError, InputTooLongError
 from .base import Backend, BackendInfo, ModelKind, ScoringBatch, check_prompts
 from .deep import capture_layer_inputs, inject, layer_input_std, layers_if_found, split_deep
 from .encoding import EncodedBatch, encode_batch, label_token_ids
+from .fused_llama import FusedLlama, fused_llama_supported
 from .models import DEFAULT_MODEL, load_pretrained, resolve_model
 from .prefix_cache import KeyValues, cache_for_rows, empty_cache, key_values
 
@@ -88,11 +89,13 @@ class LocalBackend(Backend):
 
     ``token_budget`` caps the padded tokens of one forward pass (rows x length). ``share_prefix``
     (causal LMs): compute each candidate's soft-prompt keys/values once and run only the texts on
-    top of them (see :mod:`.prefix_cache`); off, every row runs its whole sequence.
+    top of them (see :mod:`.prefix_cache`); off, every row runs its whole sequence. ``fused``: run
+    those text rows through :mod:`.fused_llama` where it supports the model (Llama architecture on
+    a CPU), else through the model's own forward.
     """
 
     def __init__(self, model: Any, tokenizer: Any, kind: ModelKind, *, model_id: str, token_budget: int = 2048,
-                 share_prefix: bool = True) -> None:
+                 share_prefix: bool = True, fused: bool = True) -> None:
         if token_budget < 1:
             raise ConfigError("token_budget must be positive")
         self._model = model
@@ -117,6 +120,8 @@ class LocalBackend(Backend):
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         weight = self._in_emb.weight.detach()
         self._layers = layers_if_found(model)  # deep prompts go in through pre-hooks on these (see .deep)
+        use_fused = fused and share_prefix and kind is ModelKind.CAUSAL and fused_llama_supported(model)
+        self._fused = FusedLlama(model) if use_fused else None
         limit = int(getattr(text_cfg, "max_position_embeddings", 0) or 0) - _POSITION_OFFSET.get(cfg.model_type, 0)
         tok_limit = getattr(tokenizer, "model_max_length", None) or 0
         if 0 < tok_limit < 1_000_000:
@@ -143,6 +148,7 @@ class LocalBackend(Backend):
         kind: ModelKind | str | None = None,
         token_budget: int = 2048,
         share_prefix: bool = True,
+        fused: bool = True,
     ) -> "LocalBackend":
         """Load a model by embedded name, ``.gguf`` path, local directory or hub id."""
         dev = pick_device(device)
@@ -150,7 +156,8 @@ class LocalBackend(Backend):
         source = resolve_model(model)
         net, tok, resolved = load_pretrained(source, kind=ModelKind(kind) if kind else None, dtype=dt)
         net.to(dev)
-        return cls(net, tok, resolved, model_id=source.name, token_budget=token_budget, share_prefix=share_prefix)
+        return cls(net, tok, resolved, model_id=source.name, token_budget=token_budget, share_prefix=share_prefix,
+                   fused=fused)
 
     @property
     def info(self) -> BackendInfo:
@@ -168,6 +175,11 @@ class LocalBackend(Backend):
     def shares_prefix(self) -> bool:
         """Whether prompted scoring runs the soft prompt once per candidate (causal LMs)."""
         return self._share_prefix and self._kind is ModelKind.CAUSAL
+
+    @property
+    def fused(self) -> bool:
+        """Whether the text rows of a shared-prefix pass run through :mod:`.fused_llama`."""
+        return self._fused is not None
 
     def encode(self, batch: ScoringBatch) -> EncodedBatch:
         """Tokenised form of a batch, cached by content hash (a few batches per run)."""
@@ -327,7 +339,8 @@ class LocalBackend(Backend):
                      self._info.model_id, exc)
             self._share_prefix = False
             return None
-        return key_values(cache), embeds.shape[1]
+        kv = key_values(cache)
+        return (kv if self._fused is None else self._fused.prefix(kv)), embeds.shape[1]
 
     def _forward_on_prefix(
         self, chunk: list[tuple[int, int]], enc: EncodedBatch, prefix: tuple[KeyValues, int], plen: int
@@ -337,9 +350,11 @@ class LocalBackend(Backend):
         s = enc.insert_at
         embeds, mask = self._embed_rows(chunk, enc, skip=s)
         p_idx = torch.tensor([p for _, p in chunk], device=self._device)
+        positions = [int(enc.readout[n]) - s for n, _ in chunk]
+        if self._fused is not None:
+            return self._fused.hidden_at(embeds, kv, p_idx, torch.tensor(positions))
         mask = torch.cat([torch.ones((len(chunk), width), dtype=mask.dtype, device=mask.device), mask], dim=1)
-        return self._read_at(embeds, mask, [int(enc.readout[n]) - s for n, _ in chunk],
-                             cache=cache_for_rows(kv, p_idx, self._model.config))
+        return self._read_at(embeds, mask, positions, cache=cache_for_rows(kv, p_idx, self._model.config))
 
     def _read_at(self, embeds: torch.Tensor, mask: torch.Tensor, positions: list[int], *, cache: Any = None) -> torch.Tensor:
         """Input of the output layer at ``positions[r]`` of each row ``r``: ``[rows, hidden]``."""
