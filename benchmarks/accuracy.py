@@ -6,8 +6,10 @@ split, the projection and CMA-ES). Templates and settings were chosen on a dev s
 train pool (benchmarks/templates.py) and the CPU preset, never on the test set.
 
 Results are appended to ``--out`` as they finish; a rerun skips what is already there. A variant
-names the precision, budget, p0 and the thread count: in bfloat16 the rounding of a matrix product
-depends on how the threads split it, and a CMA-ES run amplifies that, so runs differ by thread count.
+names the precision, budget, p0, the thread count and whether the fused Llama path scored the text
+rows (lmaas_tune/backends/fused_llama.py): in bfloat16 the rounding of a matrix product depends on
+how the threads split it and on where a pass rounds, and a CMA-ES run amplifies that, so runs differ
+by thread count and by path.
 
     python benchmarks/accuracy.py --seeds 42 43 44
 """
@@ -90,7 +92,7 @@ async def main() -> None:
     async with LocalBackend.load(args.model, dtype=args.dtype) as backend:
         # rows of other variants are kept, not mixed; the variant names the precision actually used
         variant = (f"{args.preset}-b{config.budget}-{backend.info.dtype}" + ("-init" if config.prompt_init else "")
-                   + f"-t{torch.get_num_threads()}")
+                   + f"-t{torch.get_num_threads()}" + ("-fused" if backend.fused else ""))
         done = {(r["template"], r["method"], r.get("seed")) for r in rows if r["variant"] == variant}
         print(f"settings: {config.to_dict()} model={args.model} dtype={backend.info.dtype}", flush=True)
         test = base.load("test")

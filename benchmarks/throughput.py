@@ -8,7 +8,10 @@ workload (benchmarks/workloads.py) and each precision, in one process:
   the way the reference implementation scores;
 * ``ours``: :class:`LocalBackend` as ``lmaas-tune fit`` runs it, a whole population per call:
   length-sorted rows under a token budget, label-only readout, and for causal LMs the soft prompt's
-  keys/values computed once per candidate (``ours (whole rows)`` shows the same path without that).
+  keys/values computed once per candidate (``ours (whole rows)`` shows the same path without that),
+  and for Llama-architecture models on a CPU the text rows run through the fused path
+  (lmaas_tune/backends/fused_llama.py; ``ours (model's layers)`` runs them through the model's own
+  forward instead).
 
 Each variant is timed ``--rounds`` times, interleaved with the others so that drifts in machine
 speed hit all of them alike, and the median is reported. FLOPs are counted by
@@ -16,10 +19,11 @@ speed hit all of them alike, and the median is reported. FLOPs are counted by
 actually execute, padding included), so ``GFLOP/s`` is the rate the hardware sustained.
 
 The fraction of the matmul peak (for that precision, measured in the same run) is given two ways,
-because this machine's speed swings by 2-3x within seconds: ``% peak`` pairs each round with its
-own peak (each round first measures the peak, then times every variant; the median over rounds of
-variant FLOP/s / that round's peak), and ``% best`` divides the variant's best round by the best
-peak of all rounds (both as fast as the hardware ran them here).
+because this machine's speed swings by 2-3x within seconds: ``% peak`` pairs each timed call with
+the peak measured right around it (the peak is measured before the first timing and after every
+one; the median over rounds of variant FLOP/s / the mean of the two peaks next to it), and
+``% best`` divides the variant's best round by the highest peak of the whole run (both as fast as
+the hardware ran them here).
 
 Peak memory is the highest resident set size above the level before the variant ran (CPU; sampled
 every 2 ms), or peak allocated device memory (CUDA). On the CPU it is measured after the timing,
@@ -44,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmaas_tune.backends.base import ModelKind
 from lmaas_tune.backends.encoding import EncodedBatch, encode_batch, label_token_ids
+from lmaas_tune.backends.local import LocalBackend
 
 from workloads import WORKLOADS, Workload, build
 
@@ -186,11 +191,13 @@ class Variant:
     seconds: list[float]
     flops: float = 0.0
     peak_bytes: int = 0
-    round_peaks: list[float] = field(default_factory=list)  # matmul peak of the round of each of ``seconds``
+    round_peaks: list[float] = field(default_factory=list)  # matmul peak around each of ``seconds``
+    run_peak: float = 0.0  # the highest matmul peak of the run, for this precision
+    backend: LocalBackend | None = None  # ours: the backend it times
 
     @property
     def fractions(self) -> list[float]:
-        """Each round's FLOP/s over the matmul peak measured in the same round."""
+        """Each round's FLOP/s over the mean of the matmul peaks measured just before and just after it."""
         return [self.flops * self.calls / s / p for s, p in zip(self.seconds, self.round_peaks)]
 
     @property
@@ -199,8 +206,8 @@ class Variant:
 
     @property
     def best_fraction(self) -> float:
-        """Best round's FLOP/s over the best matmul peak of the same rounds."""
-        return self.flops * self.calls / min(self.seconds) / max(self.round_peaks)
+        """Best round's FLOP/s over the highest matmul peak of the run."""
+        return self.flops * self.calls / min(self.seconds) / self.run_peak
 
     @property
     def calls_per_s(self) -> float:
@@ -220,36 +227,42 @@ def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: i
         _sync(device)
 
     out = [Variant("baseline", dtype, baseline_calls, baseline, [])]
-    kinds = [("ours", True)] + ([("ours (whole rows)", False)] if w.kind is ModelKind.CAUSAL else [])
-    for name, share in kinds:
-        backend = w.backend(token_budget=token_budget, share_prefix=share)
+    kinds = [("ours", {})]
+    if w.kind is ModelKind.CAUSAL:
+        kinds += [("ours (model's layers)", {"fused": False}), ("ours (whole rows)", {"share_prefix": False})]
+    for name, options in kinds:
+        backend = w.backend(token_budget=token_budget, **options)
+        if name == "ours (model's layers)" and not out[-1].backend.fused:
+            continue  # the fused path does not apply to this model: the same as "ours"
 
         def ours(b=backend) -> None:  # type: ignore[no-untyped-def]
             b.score_sync(prompts, w.batch)
             _sync(device)
 
-        out.append(Variant(name, dtype, len(prompts), ours, []))
+        out.append(Variant(name, dtype, len(prompts), ours, [], backend=backend))
     return out
 
 
 def measure(variants: list[Variant], rounds: int, device: torch.device, dtype: torch.dtype) -> list[float]:
-    """Time each variant once per round, and the matmul peak in the same round (this machine's speed
-    drifts, so a variant's fraction of the peak compares two measurements taken together); then
-    each variant's peak memory, untimed. The matmul peaks of the rounds, in FLOP/s."""
+    """Time each variant once per round, with the matmul peak measured before the first timing and
+    after every one (this machine's speed drifts, so a variant's fraction of the peak compares
+    measurements taken together); then each variant's peak memory, untimed. The matmul peaks, in
+    FLOP/s, in the order measured."""
     for v in variants:  # warm-up and FLOPs, untimed
         v.run()
         with FlopCounterMode(display=False) as counter:
             v.run()
         v.flops = counter.get_total_flops() / v.calls
-    peaks = []
+    peaks = [matmul_peak(dtype, device, seconds=0.15)]
     for _ in range(rounds):
-        peak = matmul_peak(dtype, device, seconds=0.3)
-        peaks.append(peak)
-        for v in variants:
+        for v in variants:  # peak, variant, peak, variant, ..., peak: each timing between two peaks
             t0 = time.perf_counter()
             v.run()
             v.seconds.append(time.perf_counter() - t0)
-            v.round_peaks.append(peak)
+            peaks.append(matmul_peak(dtype, device, seconds=0.15))
+            v.round_peaks.append((peaks[-2] + peaks[-1]) / 2)
+    for v in variants:
+        v.run_peak = max(peaks)
     with freed_blocks_returned() as trim:
         for v in variants:
             trim()
@@ -312,8 +325,8 @@ def main() -> None:
             vs = variants_for(w, dtype, prompts, min(args.baseline_calls, popsize), args.token_budget)
             round_peaks = measure(vs, args.rounds, device, DTYPES[dtype])
             peaks[dtype] += round_peaks
-            print(f"{name} {dtype}: matmul peak per round " + ", ".join(f"{p / 1e9:.1f}" for p in round_peaks)
-                  + " GFLOP/s", flush=True)
+            print(f"{name} {dtype}: matmul peaks {min(round_peaks) / 1e9:.1f}-{max(round_peaks) / 1e9:.1f} GFLOP/s "
+                  f"(median {statistics.median(round_peaks) / 1e9:.1f}, {len(round_peaks)} measured)", flush=True)
             rows += vs
             if args.profile:
                 print_profile(next(v for v in vs if v.name == "ours"))
@@ -332,7 +345,7 @@ def main() -> None:
                   f"{100 * v.fraction_of_peak:>8.1f}{100 * v.best_fraction:>8.1f}{v.peak_bytes / 2**20:>10.0f}"
                   f"{args.project_calls / v.calls_per_s / 60:>11.1f}", flush=True)
             results.append({"workload": name, "prompt_length": plen, "popsize": popsize, **{
-                k: val for k, val in asdict(v).items() if k not in ("run", "round_peaks")}, "calls_per_s": v.calls_per_s,
+                k: getattr(v, k) for k in ("name", "dtype", "calls", "seconds", "flops", "peak_bytes")}, "calls_per_s": v.calls_per_s,
                 "gflops_per_s": rate / 1e9, "fractions": v.fractions, "fraction_of_peak": v.fraction_of_peak,
                 "best_fraction": v.best_fraction,
                 "x_baseline_fp32": v.calls_per_s / base32.calls_per_s,
@@ -340,7 +353,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
                                     "matmul_peak_gflops": {d: max(p) / 1e9 for d, p in peaks.items() if p},
-                                    "matmul_peak_gflops_per_round": {d: [x / 1e9 for x in p] for d, p in peaks.items()},
+                                    "matmul_peaks_gflops": {d: [x / 1e9 for x in p] for d, p in peaks.items()},
                                     "rows": results}, indent=1) + "\n")
     print(f"\nwrote {args.out}")
 
