@@ -300,7 +300,7 @@ async def test_fused_llama_in_bfloat16_tracks_float32(llama_dir) -> None:
         for b in (exact, fused, layers):
             await b.aclose()
     scale = np.abs(want).max()
-    assert 0 < err_fused < 0.05 * scale and err_fused < 3 * err_layers
+    assert 0 < err_fused < 0.05 * scale and err_fused < 1.5 * err_layers  # 0.059 against 0.076 here
 
 
 def test_fused_llama_only_where_it_computes_the_same(llama_backend, gpt2_backend, masked_backend) -> None:

@@ -8,8 +8,9 @@ trips:
 
 * k and v come out of one product; the activation, the gating product and the residual adds
   run in place on the products' outputs;
-* each RMSNorm's weight is folded into the columns of the product it feeds, so a norm is one
-  reduction and one scaling;
+* each RMSNorm is one fused reduction, one scaling and one in-place product with its weight,
+  rounded where the transformers one rounds (folding the weight into the next product instead was
+  faster but moved bfloat16 logits further from float32 than the model's own layers);
 * rotary embedding, attention scores and softmax run in float32, written straight into the layout
   the batched attention products read (a small share of the FLOPs; the scores are never rounded
   to bfloat16), with the query heads that share a key/value head stacked into one product;
@@ -17,7 +18,8 @@ trips:
 
 It runs the text rows of a shared-prefix pass (:mod:`.prefix_cache`); the prefix's keys and values
 come from the model's own forward pass. In float32 it matches the transformers path to rounding; in
-bfloat16 it rounds at different points (README, "Speed"). Anything it does not know (another
+bfloat16 it rounds at some other points, and its logits are at least as close to float32 ones as
+the model's own bfloat16 layers' (README, "Speed"). Anything it does not know (another
 architecture, biases, a device other than the CPU) keeps the transformers path.
 """
 
@@ -59,28 +61,21 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: torch
 class _Block:
     def __init__(self, layer: Any) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        n1 = layer.input_layernorm.weight.detach().float()
-        n2 = layer.post_attention_layernorm.weight.detach().float()
-        dtype = attn.q_proj.weight.dtype
-
-        def folded(*linears: Any, norm: torch.Tensor) -> torch.Tensor:  # W @ diag(norm), rounded once
-            return (torch.cat([lin.weight.detach().float() for lin in linears]) * norm).to(dtype)
-
-        # q apart from k/v: one product 960 wide ran at half the rate of the two (oneDNN, bf16, this CPU)
-        self.q = folded(attn.q_proj, norm=n1)
-        self.kv = folded(attn.k_proj, attn.v_proj, norm=n1)
+        self.norm1 = layer.input_layernorm.weight.detach()
+        self.norm2 = layer.post_attention_layernorm.weight.detach()
+        self.q = attn.q_proj.weight.detach()
+        self.kv = torch.cat([attn.k_proj.weight.detach(), attn.v_proj.weight.detach()])
         self.o = attn.o_proj.weight.detach()
-        self.gate = folded(mlp.gate_proj, norm=n2)
-        self.up = folded(mlp.up_proj, norm=n2)
+        self.gate = mlp.gate_proj.weight.detach()
+        self.up = mlp.up_proj.weight.detach()
         self.down = mlp.down_proj.weight.detach()
 
 
 class FusedLlama:
     """The text rows of a shared-prefix pass, for a model that :func:`fused_llama_supported`.
 
-    It keeps its own copy of the weights it folds a norm into (q/k/v, gate and up: about two thirds
-    of the block weights); the model's own still serve the prefix pass and every other path, so
-    this must be built after any change to the model's weights.
+    It reads the model's own weights (k and v joined into one copy), so build it after any change
+    that replaces weight tensors.
     """
 
     def __init__(self, model: Any) -> None:
@@ -119,7 +114,7 @@ class FusedLlama:
         row_index = torch.arange(rows)
         x = embeds
         for i, block in enumerate(self._blocks):
-            h = self._normed(x)
+            h = self._normed(x, block.norm1)
             q_new = F.linear(h, block.q).view(rows, length, kv_heads, group, dim)
             kv_new = F.linear(h, block.kv).view(rows, length, 2, kv_heads, dim)
             # float32 buffers, the query heads grouped by the key/value head they share
@@ -141,12 +136,13 @@ class FusedLlama:
             if i == len(self._blocks) - 1:  # only the readout positions are needed from here on
                 x, attended = x[row_index, positions], attended[row_index, positions]
             x = F.linear(attended, block.o).add_(x)
-            h = self._normed(x)
+            h = self._normed(x, block.norm2)
             gated = F.linear(h, block.up).mul_(F.silu(F.linear(h, block.gate), inplace=True))
             x = F.linear(gated, block.down).add_(x)
-        return self._normed(x) * self._final_norm
+        return self._normed(x, self._final_norm)
 
-    def _normed(self, x: torch.Tensor) -> torch.Tensor:
-        """``x / rms(x)`` in the model's dtype; the norm's weight is folded into the next product."""
+    def _normed(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm rounded where the transformers one rounds: ``x / rms(x)`` in float32, then to the
+        model's dtype, then times ``weight``."""
         ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_().div_(x.shape[-1])
-        return x * ms.add_(self._eps).rsqrt_().to(x.dtype)
+        return torch.mul(x, ms.add_(self._eps).rsqrt_(), out=torch.empty_like(x)).mul_(weight)
