@@ -9,9 +9,8 @@ workload (benchmarks/workloads.py) and each precision, in one process:
 * ``ours``: :class:`LocalBackend` as ``lmaas-tune fit`` runs it, a whole population per call:
   length-sorted rows under a token budget, label-only readout, and for causal LMs the soft prompt's
   keys/values computed once per candidate (``ours (whole rows)`` shows the same path without that),
-  and for Llama-architecture models on a CPU the text rows run through the fused path
-  (lmaas_tune/backends/fused_llama.py; ``ours (model's layers)`` runs them through the model's own
-  forward instead).
+  and ``ours + fused layers`` the same with the opt-in fused path for the text rows
+  (lmaas_tune/backends/fused_llama.py; Llama-architecture models on a CPU).
 
 Each variant is timed ``--rounds`` times, interleaved with the others so that drifts in machine
 speed hit all of them alike, and the median is reported. FLOPs are counted by
@@ -229,10 +228,10 @@ def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: i
     out = [Variant("baseline", dtype, baseline_calls, baseline, [])]
     kinds = [("ours", {})]
     if w.kind is ModelKind.CAUSAL:
-        kinds += [("ours (model's layers)", {"fused": False}), ("ours (whole rows)", {"share_prefix": False})]
+        kinds += [("ours + fused layers", {"fused": True}), ("ours (whole rows)", {"share_prefix": False})]
     for name, options in kinds:
         backend = w.backend(token_budget=token_budget, **options)
-        if name == "ours (model's layers)" and not out[-1].backend.fused:
+        if options.get("fused") and not backend.fused:
             continue  # the fused path does not apply to this model: the same as "ours"
 
         def ours(b=backend) -> None:  # type: ignore[no-untyped-def]

@@ -94,6 +94,19 @@ async def test_deep_rows_are_independent_and_prefix_sharing_agrees(causal_backen
         await unshared.aclose()
 
 
+async def test_fused_llama_path_scores_deep_prompts_as_the_layers_do(llama_backend: LocalBackend) -> None:
+    """Deep prompts enter in the prefix pass (layer pre-hooks); the fused path then runs the texts."""
+    fused = LocalBackend(llama_backend.model, llama_backend.tokenizer, ModelKind.CAUSAL, model_id="fused", fused=True)
+    assert fused.fused
+    deep = _deep(llama_backend, 3, seed=4)
+    try:
+        got = await fused.score(deep, CAUSAL_BATCH)
+    finally:
+        await fused.aclose()
+    np.testing.assert_allclose(got, await llama_backend.score(deep, CAUSAL_BATCH), atol=1e-5)
+    np.testing.assert_allclose(got[1], _by_hand(llama_backend, deep[1], CAUSAL_BATCH), rtol=1e-4, atol=1e-4)
+
+
 async def test_hidden_state_std_and_shape_checks(any_backend: LocalBackend) -> None:
     std = await any_backend.hidden_state_std(_batch(any_backend))
     assert len(std) == any_backend.info.num_layers and all(s > 0 and np.isfinite(s) for s in std)

@@ -264,8 +264,9 @@ async def test_fused_llama_equals_the_transformers_layers(llama_backend: LocalBa
     calling the model only for the prefix pass; the tiny Llama has grouped key/value heads."""
     model, tok = llama_backend.model, llama_backend.tokenizer
     assert model.config.num_key_value_heads < model.config.num_attention_heads
-    fused = LocalBackend(model, tok, ModelKind.CAUSAL, model_id="fused", token_budget=token_budget)
-    layers = LocalBackend(model, tok, ModelKind.CAUSAL, model_id="layers", token_budget=token_budget, fused=False)
+    fused = LocalBackend(model, tok, ModelKind.CAUSAL, model_id="fused", token_budget=token_budget, fused=True)
+    layers = LocalBackend(model, tok, ModelKind.CAUSAL, model_id="layers", token_budget=token_budget)
+    assert fused.fused and not layers.fused  # opt-in
     batch = _batch(llama_backend)
     prompts = _prompts(llama_backend, 4, 6, seed=5)
     counter = _PassCounter(model)
@@ -288,7 +289,7 @@ async def test_fused_llama_in_bfloat16_tracks_float32(llama_dir) -> None:
     """In bfloat16 the fused path rounds at other points than the model's layers do; its logits
     stay as close to the float32 ones as the layers' own bfloat16 logits are."""
     exact = LocalBackend.load(str(llama_dir), device="cpu", dtype="float32", fused=False)
-    fused = LocalBackend.load(str(llama_dir), device="cpu", dtype="bfloat16")
+    fused = LocalBackend.load(str(llama_dir), device="cpu", dtype="bfloat16", fused=True)
     layers = LocalBackend.load(str(llama_dir), device="cpu", dtype="bfloat16", fused=False)
     batch = _batch(exact)
     prompts = _prompts(exact, 6, 6, seed=8)
@@ -317,7 +318,7 @@ def test_fused_llama_only_where_it_computes_the_same(llama_backend, gpt2_backend
         assert not fused_llama_supported(LlamaForCausalLM(LlamaConfig(**small, **change))), change
     assert not fused_llama_supported(LlamaForCausalLM(LlamaConfig(**small)).half())
     unshared = LocalBackend(llama_backend.model, llama_backend.tokenizer, ModelKind.CAUSAL, model_id="u",
-                            share_prefix=False)
+                            share_prefix=False, fused=True)
     assert not unshared.fused  # whole rows keep the transformers path
 
 

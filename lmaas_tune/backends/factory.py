@@ -27,6 +27,7 @@ class BackendSettings:
     dtype: str = "auto"
     kind: str | None = None
     token_budget: int = 2048
+    fused: bool = False
     endpoints: tuple[str, ...] = ()
     token_env: str | None = None
     upload: str = "auto"
@@ -51,7 +52,7 @@ def _local(settings: BackendSettings) -> Backend:
 
     return LocalBackend.load(
         settings.model, device=settings.device, dtype=settings.dtype, kind=settings.kind,
-        token_budget=settings.token_budget,
+        token_budget=settings.token_budget, fused=settings.fused,
     )
 
 

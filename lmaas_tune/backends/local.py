@@ -89,13 +89,13 @@ class LocalBackend(Backend):
 
     ``token_budget`` caps the padded tokens of one forward pass (rows x length). ``share_prefix``
     (causal LMs): compute each candidate's soft-prompt keys/values once and run only the texts on
-    top of them (see :mod:`.prefix_cache`); off, every row runs its whole sequence. ``fused``: run
-    those text rows through :mod:`.fused_llama` where it supports the model (Llama architecture on
-    a CPU), else through the model's own forward.
+    top of them (see :mod:`.prefix_cache`); off, every row runs its whole sequence. ``fused`` (opt-in):
+    run those text rows through :mod:`.fused_llama` where it supports the model (Llama architecture
+    on a CPU), else through the model's own forward (README, "Speed", for what it gains and costs).
     """
 
     def __init__(self, model: Any, tokenizer: Any, kind: ModelKind, *, model_id: str, token_budget: int = 2048,
-                 share_prefix: bool = True, fused: bool = True) -> None:
+                 share_prefix: bool = True, fused: bool = False) -> None:
         if token_budget < 1:
             raise ConfigError("token_budget must be positive")
         self._model = model
@@ -148,7 +148,7 @@ class LocalBackend(Backend):
         kind: ModelKind | str | None = None,
         token_budget: int = 2048,
         share_prefix: bool = True,
-        fused: bool = True,
+        fused: bool = False,
     ) -> "LocalBackend":
         """Load a model by embedded name, ``.gguf`` path, local directory or hub id."""
         dev = pick_device(device)
