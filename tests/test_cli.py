@@ -87,6 +87,27 @@ def test_fit_then_evaluate_run_dir_reproduces_the_recorded_test_metric(data_dir:
     assert res.exit_code == 2 and "already holds a run" in res.output
 
 
+def test_fit_fused_is_stored_and_evaluates_to_the_same_metric(data_dir: Path, llama_dir: Path, tmp_path: Path) -> None:
+    """--fused (the opt-in fused Llama layers) is a stored backend setting: the run's config keeps it,
+    `evaluate RUN_DIR` scores with it, and a --resume that asks otherwise is refused."""
+    run_dir = tmp_path / "run"
+    res = runner.invoke(app, ["fit", *_custom(data_dir, llama_dir), *TINY, "--fused", "--output", str(run_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    fitted = json.loads(res.stdout)
+    assert json.loads((run_dir / "config.json").read_text())["backend"]["fused"] is True
+    res = runner.invoke(app, ["evaluate", str(run_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["value"] == fitted["test"]["value"]
+    plain = tmp_path / "plain"
+    res = runner.invoke(app, ["fit", *_custom(data_dir, llama_dir), *TINY, "--output", str(plain), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((plain / "config.json").read_text())["backend"]["fused"] is False
+    # float32: the fused layers score what the model's layers score, so the same run results
+    assert json.loads(res.stdout)["test"]["value"] == fitted["test"]["value"]
+    res = runner.invoke(app, ["fit", "--resume", str(plain), "--fused"])
+    assert res.exit_code == 2 and "--fused" in res.output and "the run has False" in res.output
+
+
 def test_console_script_runs_as_a_real_process() -> None:
     exe = shutil.which("lmaas-tune") or str(Path(sys.executable).parent / "lmaas-tune")
     proc = subprocess.run([exe, "fit", "--task", "nope"], capture_output=True, text=True, timeout=120)

@@ -304,7 +304,7 @@ async def test_fused_llama_in_bfloat16_tracks_float32(llama_dir) -> None:
     assert 0 < err_fused < 0.05 * scale and err_fused < 1.5 * err_layers  # 0.059 against 0.076 here
 
 
-def test_fused_llama_only_where_it_computes_the_same(llama_backend, gpt2_backend, masked_backend) -> None:
+def test_fused_llama_only_where_it_computes_the_same(llama_backend, gpt2_backend, masked_backend, caplog) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lmaas_tune.backends.fused_llama import fused_llama_supported
@@ -320,6 +320,9 @@ def test_fused_llama_only_where_it_computes_the_same(llama_backend, gpt2_backend
     unshared = LocalBackend(llama_backend.model, llama_backend.tokenizer, ModelKind.CAUSAL, model_id="u",
                             share_prefix=False, fused=True)
     assert not unshared.fused  # whole rows keep the transformers path
+    with caplog.at_level(logging.WARNING, logger="lmaas_tune"):
+        gpt2 = LocalBackend(gpt2_backend.model, gpt2_backend.tokenizer, ModelKind.CAUSAL, model_id="tiny-gpt2", fused=True)
+    assert not gpt2.fused and "tiny-gpt2 runs on its own layers" in caplog.text
 
 
 # -- (d) label-word ids --------------------------------------------------------------------------

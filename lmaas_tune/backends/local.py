@@ -122,6 +122,9 @@ class LocalBackend(Backend):
         self._layers = layers_if_found(model)  # deep prompts go in through pre-hooks on these (see .deep)
         use_fused = fused and share_prefix and kind is ModelKind.CAUSAL and fused_llama_supported(model)
         self._fused = FusedLlama(model) if use_fused else None
+        if fused and not use_fused:
+            log.warning("fused layers asked for, but they serve only Llama-architecture causal LMs on the CPU in "
+                        "float32 or bfloat16 with a shared prefix; %s runs on its own layers", model_id)
         limit = int(getattr(text_cfg, "max_position_embeddings", 0) or 0) - _POSITION_OFFSET.get(cfg.model_type, 0)
         tok_limit = getattr(tokenizer, "model_max_length", None) or 0
         if 0 < tok_limit < 1_000_000:

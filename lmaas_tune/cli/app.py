@@ -114,7 +114,8 @@ LabelsOpt = Annotated[Optional[str], typer.Option("--labels", help="Raw label va
 TaskFileOpt = Annotated[Optional[Path], typer.Option("--task-file", help="A custom task in .toml or .json (keys as the options above).")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help=f"Embedded name ({', '.join(EMBEDDED)}), .gguf file, local directory, or hub id (e.g. roberta-large).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[str, typer.Option(help="auto (float32 on CPU, bf16/fp16 on GPU), float32, bfloat16, float16.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bfloat16 on a GPU or a CPU that multiplies it natively, float16 on older GPUs, else float32), float32, bfloat16, float16.")]
+FusedOpt = Annotated[bool, typer.Option("--fused", help="Local backend, Llama-architecture model on the CPU: run the texts through the fused layers (lmaas_tune/backends/fused_llama.py; README, Speed).")]
 KindOpt = Annotated[Optional[str], typer.Option("--model-kind", help="Override detection: masked or causal.")]
 EndpointOpt = Annotated[Optional[list[str]], typer.Option("--endpoint", help="Remote backend: URL of an `lmaas-tune serve` service (repeatable: the endpoints share each population). Implies --backend remote.")]
 TokenEnvOpt = Annotated[Optional[str], typer.Option("--token-env", help="Remote backend: environment variable holding the bearer token (default: LMAAS_TUNE_TOKEN when set).")]
@@ -136,7 +137,7 @@ def _task_spec(task: str, template: str | None, label_words: str | None, train: 
 
 
 def _settings(backend: str, model: str, device: str, dtype: str, kind: str | None,
-              endpoints: list[str] | None, token_env: str | None) -> BackendSettings:
+              endpoints: list[str] | None, token_env: str | None, fused: bool = False) -> BackendSettings:
     if endpoints and backend == "local":
         backend = "remote"
     if backend == "remote" and not endpoints:
@@ -144,7 +145,8 @@ def _settings(backend: str, model: str, device: str, dtype: str, kind: str | Non
     local = Path(model).expanduser()
     if model not in EMBEDDED and local.exists():  # stored absolute, so `fit --resume` works from anywhere
         model = str(local.resolve())
-    return BackendSettings(backend, model, device, dtype, kind, endpoints=tuple(endpoints or ()), token_env=token_env)
+    return BackendSettings(backend, model, device, dtype, kind, endpoints=tuple(endpoints or ()), token_env=token_env,
+                           fused=fused)
 
 
 def _open(settings: BackendSettings, display: Display) -> Any:
@@ -215,6 +217,7 @@ def evaluate_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     model_kind: KindOpt = None,
+    fused: FusedOpt = False,
     endpoint: EndpointOpt = None,
     token_env: TokenEnvOpt = None,
     on_long: OnLongOpt = None,
@@ -227,14 +230,14 @@ def evaluate_cmd(
     saved = None
     if run_dir is not None:
         saved = workflows.SavedRun.load(run_dir)
-        overrides: dict[str, Any] = {"device": device}
+        overrides: dict[str, Any] = {"device": device, **({"fused": True} if fused else {})}
         if endpoint:  # the service moved: score the run's prompt on these endpoints
             overrides.update(backend="remote", endpoints=tuple(endpoint), token_env=token_env)
         settings = BackendSettings.from_dict({**saved.settings.to_dict(), **overrides})
         spec = saved.task
     else:
         spec = _task_spec(task, template, label_words, train_file, test_file, column, label_column, labels, task_file)
-        settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env)
+        settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env, fused)
 
     async def run() -> Any:
         be = _open(settings, display)
@@ -326,6 +329,7 @@ def fit_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     model_kind: KindOpt = None,
+    fused: FusedOpt = False,
     endpoint: EndpointOpt = None,
     token_env: TokenEnvOpt = None,
     preset: Annotated[str, typer.Option(help="Size of the run (prompt length, budget): " + "; ".join(f"{n}: {p.description}" for n, p in PRESETS.items()) + ".")] = "paper",
@@ -367,7 +371,7 @@ def fit_cmd(
             sigma0=sigma, alpha=alpha, loss=loss, k_shot=k_shot, eval_every=eval_every, on_long=on_long,
             prompt_init=prompt_init,
         )
-        settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env)
+        settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env, fused)
         if output is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             output = Path("runs") / f"{spec.name}-{Path(model).stem}-s{config.seed}-{stamp}"
@@ -429,6 +433,7 @@ def serve_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     model_kind: KindOpt = None,
+    fused: FusedOpt = False,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed at start).")] = 8080,
     token_file: Annotated[Optional[Path], typer.Option("--token-file", help="File whose first line is the bearer token clients must send.")] = None,
@@ -447,7 +452,7 @@ def serve_cmd(
         max_prompts_per_request=max_prompts, batch_window_s=batch_window_ms / 1000.0,
         max_batch_prompts=max_batch_prompts, max_queue_prompts=max_queue,
     )
-    settings = BackendSettings("local", model, device, dtype, model_kind)
+    settings = BackendSettings("local", model, device, dtype, model_kind, fused=fused)
     display = Display(err, quiet=False)
 
     async def run() -> None:

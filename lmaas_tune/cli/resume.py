@@ -125,7 +125,7 @@ def resume_settings(ctx: typer.Context, run_dir: Path, values: dict[str, Any]) -
     conflicts = _task_conflicts(values, given, spec) + _tune_conflicts(values, given, tune)
     backend_now = {"backend": (values["backend"], backend.backend), "dtype": (values["dtype"], backend.dtype),
                    "model": (_model_key(values["model"]), _model_key(backend.model)),
-                   "model_kind": (values["model_kind"], backend.kind),
+                   "model_kind": (values["model_kind"], backend.kind), "fused": (values["fused"], backend.fused),
                    "baseline": (values["baseline"], stored.get("baseline", True))}
     conflicts += [(k, now, then) for k, (now, then) in backend_now.items() if k in given and now != then]
     if "output" in given and Path(values["output"]).resolve() != Path(run_dir).resolve():
