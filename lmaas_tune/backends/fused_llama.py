@@ -63,7 +63,7 @@ class _Block:
         attn, mlp = layer.self_attn, layer.mlp
         self.norm1 = layer.input_layernorm.weight.detach()
         self.norm2 = layer.post_attention_layernorm.weight.detach()
-        self.q = attn.q_proj.weight.detach()
+        self.q = attn.q_proj.weight.detach()  # q apart: one 960-wide q/k/v product ran at half the rate here
         self.kv = torch.cat([attn.k_proj.weight.detach(), attn.v_proj.weight.detach()])
         self.o = attn.o_proj.weight.detach()
         self.gate = mlp.gate_proj.weight.detach()
@@ -88,7 +88,7 @@ class FusedLlama:
         self._rotary = inner.rotary_emb
         with torch.inference_mode():
             self._blocks = [_Block(layer) for layer in inner.layers]
-            self._final_norm = inner.norm.weight.detach().clone()
+            self._final_norm = inner.norm.weight.detach()
 
     def prefix(self, kv: KeyValues) -> KeyValues:
         """The prefix's keys/values as this pass reads them (float32); once per population."""
