@@ -282,7 +282,7 @@ def print_profile(v: Variant, top: int = 12) -> None:
         v.run()
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ops)
-    print(f"where ours ({v.dtype}) spends its time: " + ", ".join(
+    print(f"where {v.name} ({v.dtype}) spends its time: " + ", ".join(
         f"{e.key.removeprefix('aten::')} {100 * e.self_cpu_time_total / total:.1f}%" for e in ops[:top]), flush=True)
 
 
@@ -328,7 +328,9 @@ def main() -> None:
                   f"(median {statistics.median(round_peaks) / 1e9:.1f}, {len(round_peaks)} measured)", flush=True)
             rows += vs
             if args.profile:
-                print_profile(next(v for v in vs if v.name == "ours"))
+                for v in vs:
+                    if v.name in ("ours", "ours + fused layers"):
+                        print_profile(v)
             tokens = encode_batch(w.tokenizer, w.kind, w.batch).lengths
             del w
         base32 = next((v for v in rows if v.name == "baseline" and v.dtype == "float32"), rows[0])
