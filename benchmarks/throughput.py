@@ -56,7 +56,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmaas_tune.backends.base import ModelKind
 from lmaas_tune.backends.encoding import EncodedBatch, encode_batch, label_token_ids
-from lmaas_tune.backends.local import LocalBackend
 
 from workloads import WORKLOADS, Workload, build
 
@@ -192,7 +191,6 @@ class Variant:
     peak_bytes: int = 0
     round_peaks: list[float] = field(default_factory=list)  # matmul peak around each of ``seconds``
     run_peak: float = 0.0  # the highest matmul peak of the run, for this precision
-    backend: LocalBackend | None = None  # ours: the backend it times
 
     @property
     def fractions(self) -> list[float]:
@@ -238,7 +236,7 @@ def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: i
             b.score_sync(prompts, w.batch)
             _sync(device)
 
-        out.append(Variant(name, dtype, len(prompts), ours, [], backend=backend))
+        out.append(Variant(name, dtype, len(prompts), ours, []))
     return out
 
 
