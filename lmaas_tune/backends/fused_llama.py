@@ -53,6 +53,7 @@ def fused_llama_supported(model: Any) -> bool:
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: torch.Tensor) -> None:
     """Rotary embedding, ``x * cos + rotate_half(x) * sin``, written into ``out`` (float32, any strides)."""
     half = x.shape[-1] // 2
+    x = x.float()  # once: each mixed-precision operator below would convert its own copy
     torch.mul(x, cos, out=out)
     out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
     out[..., half:].addcmul_(x[..., :half], sin[..., half:])
@@ -144,5 +145,7 @@ class FusedLlama:
     def _normed(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """RMSNorm rounded where the transformers one rounds: ``x / rms(x)`` in float32, then to the
         model's dtype, then times ``weight``."""
-        ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_().div_(x.shape[-1])
-        return torch.mul(x, ms.add_(self._eps).rsqrt_(), out=torch.empty_like(x)).mul_(weight)
+        x32 = x.float()  # converted once: the norm and the scaling would each convert a copy of their own
+        scale = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(self._eps).rsqrt_()
+        scaled = x32 * scale if x32 is x else x32.mul_(scale)  # float32 input: x itself, kept intact
+        return scaled.to(x.dtype).mul_(weight)
