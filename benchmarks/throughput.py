@@ -17,12 +17,19 @@ speed hit all of them alike, and the median is reported. FLOPs are counted by
 ``torch.utils.flop_counter`` on one untimed call of each variant (what the matmuls and attention
 actually execute, padding included), so ``GFLOP/s`` is the rate the hardware sustained.
 
-The fraction of the matmul peak (for that precision, measured in the same run) is given two ways,
-because this machine's speed swings by 2-3x within seconds: ``% peak`` pairs each timed call with
-the peak measured right around it (the peak is measured before the first timing and after every
-one; the median over rounds of variant FLOP/s / the mean of the two peaks next to it), and
-``% best`` divides the variant's best round by the highest peak of the whole run (both as fast as
-the hardware ran them here).
+The fraction of the matrix-product peak (for that precision, measured in the same run) is given two
+ways, because this machine's speed swings by 2-3x (in bfloat16, AMX products run at ~2 TFLOP/s in
+some spells and ~0.8 in others, spells lasting from a second to minutes):
+
+* ``% peak`` pairs each timed call with the product rate measured right around it over a window of
+  the same length: before the first timing and after every one, the product shape that was fastest
+  in short windows at the start runs for as long as the timing before it took; each round's
+  fraction is the variant's FLOP/s over the mean of its two neighbouring windows, and the median
+  over rounds is printed. Both sides then average over the same kind of stretch of the machine's
+  time.
+* ``% best`` divides the variant's best round by the highest rate of the whole run, short windows
+  (the best of all shapes, 0.15 s each, before the first round and after each) included: the
+  strictest reading, the variant's best against the hardware's fastest burst.
 
 Peak memory is the highest resident set size above the level before the variant ran (CPU; sampled
 every 2 ms), or peak allocated device memory (CUDA). On the CPU it is measured after the timing,
@@ -70,24 +77,34 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 PEAK_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (2048, 576, 1536), (2048, 1536, 576),
                (2048, 1024, 4096), (2048, 4096, 1024))
 
+Shape = tuple[int, int, int]
+
+
+def product_rate(shape: Shape, dtype: torch.dtype, device: torch.device, seconds: float) -> float:
+    """FLOP/s of one matrix product shape, repeated for ``seconds``."""
+    m, k, n = shape
+    a = torch.randn(m, k, dtype=dtype, device=device)
+    b = torch.randn(k, n, dtype=dtype, device=device)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        _sync(device)
+    return 2 * m * k * n * reps / (time.perf_counter() - t0)
+
+
+def product_rates(dtype: torch.dtype, device: torch.device, seconds: float = 0.7) -> dict[Shape, float]:
+    """FLOP/s of each of :data:`PEAK_SHAPES`, each timed for ``seconds``."""
+    return {shape: product_rate(shape, dtype, device, seconds) for shape in PEAK_SHAPES}
+
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 0.7) -> float:
     """Best FLOP/s over a set of matrix products (the fraction of it a model reaches is then a lower
     bound on how well it uses the hardware, not flattered by a slow reference product)."""
-    best = 0.0
-    for m, k, n in PEAK_SHAPES:
-        a = torch.randn(m, k, dtype=dtype, device=device)
-        b = torch.randn(k, n, dtype=dtype, device=device)
-        for _ in range(2):
-            a @ b
-        _sync(device)
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            a @ b
-            reps += 1
-            _sync(device)
-        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t0))
-    return best
+    return max(product_rates(dtype, device, seconds).values())
 
 
 def _sync(device: torch.device) -> None:
@@ -189,12 +206,12 @@ class Variant:
     seconds: list[float]
     flops: float = 0.0
     peak_bytes: int = 0
-    round_peaks: list[float] = field(default_factory=list)  # matmul peak around each of ``seconds``
-    run_peak: float = 0.0  # the highest matmul peak of the run, for this precision
+    round_peaks: list[float] = field(default_factory=list)  # sustained product rate around each of ``seconds``
+    run_peak: float = 0.0  # the highest product rate of the run, any window, for this precision
 
     @property
     def fractions(self) -> list[float]:
-        """Each round's FLOP/s over the mean of the matmul peaks measured just before and just after it."""
+        """Each round's FLOP/s over the mean of the sustained product rates measured just before and just after it."""
         return [self.flops * self.calls / s / p for s, p in zip(self.seconds, self.round_peaks)]
 
     @property
@@ -203,7 +220,7 @@ class Variant:
 
     @property
     def best_fraction(self) -> float:
-        """Best round's FLOP/s over the highest matmul peak of the run."""
+        """Best round's FLOP/s over the highest product rate of the run (bursts included)."""
         return self.flops * self.calls / min(self.seconds) / self.run_peak
 
     @property
@@ -240,26 +257,46 @@ def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: i
     return out
 
 
-def measure(variants: list[Variant], rounds: int, device: torch.device, dtype: torch.dtype) -> list[float]:
-    """Time each variant once per round, with the matmul peak measured before the first timing and
-    after every one (this machine's speed drifts, so a variant's fraction of the peak compares
-    measurements taken together); then each variant's peak memory, untimed. The matmul peaks, in
-    FLOP/s, in the order measured."""
+@dataclass
+class Peaks:
+    """The machine's matrix-product rate through one precision's timings, in FLOP/s.
+
+    ``bursts`` is the best of :data:`PEAK_SHAPES`, each timed for a fraction of a second; ``sustained``
+    is ``shape`` (the product fastest in the first bursts) repeated over a window as long as the
+    timing it follows. The two differ on a machine whose speed swings: a short window can land
+    wholly in a fast spell, a call of several seconds spans fast and slow ones alike.
+    """
+
+    shape: Shape
+    bursts: list[float] = field(default_factory=list)
+    sustained: list[float] = field(default_factory=list)
+
+
+def measure(variants: list[Variant], rounds: int, device: torch.device, dtype: torch.dtype) -> Peaks:
+    """Time each variant once per round, with the sustained product rate measured before the first
+    timing and after every one, over a window as long as that timing (this machine's speed drifts, so
+    a variant's fraction of the peak compares measurements taken together and of the same length),
+    and the burst peak before the first round and after each; then each variant's peak memory,
+    untimed."""
     for v in variants:  # warm-up and FLOPs, untimed
         v.run()
         with FlopCounterMode(display=False) as counter:
             v.run()
         v.flops = counter.get_total_flops() / v.calls
-    peaks = [matmul_peak(dtype, device, seconds=0.15)]
+    first = [product_rates(dtype, device, seconds=0.15) for _ in range(3)]
+    shape = max(PEAK_SHAPES, key=lambda s: statistics.median(r[s] for r in first))
+    peaks = Peaks(shape, bursts=[max(r.values()) for r in first])
+    peaks.sustained.append(product_rate(shape, dtype, device, seconds=1.0))
     for _ in range(rounds):
-        for v in variants:  # peak, variant, peak, variant, ..., peak: each timing between two peaks
+        for v in variants:  # window, variant, window, variant, ..., window: each timing between two
             t0 = time.perf_counter()
             v.run()
             v.seconds.append(time.perf_counter() - t0)
-            peaks.append(matmul_peak(dtype, device, seconds=0.15))
-            v.round_peaks.append((peaks[-2] + peaks[-1]) / 2)
+            peaks.sustained.append(product_rate(shape, dtype, device, seconds=v.seconds[-1]))
+            v.round_peaks.append((peaks.sustained[-2] + peaks.sustained[-1]) / 2)
+        peaks.bursts.append(matmul_peak(dtype, device, seconds=0.15))
     for v in variants:
-        v.run_peak = max(peaks)
+        v.run_peak = max(peaks.bursts + peaks.sustained)
     with freed_blocks_returned() as trim:
         for v in variants:
             trim()
@@ -306,7 +343,7 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"device {device}", flush=True)
-    peaks: dict[str, list[float]] = {d: [] for d in args.dtypes}
+    peaks: dict[str, list[Peaks]] = {d: [] for d in args.dtypes}
     results = []
     for i, name in enumerate(args.workloads):
         plen = (args.prompt_length[i] if args.prompt_length and i < len(args.prompt_length)
@@ -320,10 +357,12 @@ def main() -> None:
             std = float(w.model.get_input_embeddings().weight.detach().float().std())
             prompts = (np.random.default_rng(1).standard_normal((popsize, plen, d)) * std).astype(np.float32)
             vs = variants_for(w, dtype, prompts, min(args.baseline_calls, popsize), args.token_budget)
-            round_peaks = measure(vs, args.rounds, device, DTYPES[dtype])
-            peaks[dtype] += round_peaks
-            print(f"{name} {dtype}: matmul peaks {min(round_peaks) / 1e9:.1f}-{max(round_peaks) / 1e9:.1f} GFLOP/s "
-                  f"(median {statistics.median(round_peaks) / 1e9:.1f}, {len(round_peaks)} measured)", flush=True)
+            p = measure(vs, args.rounds, device, DTYPES[dtype])
+            peaks[dtype].append(p)
+            print(f"{name} {dtype}: matmul peak in short windows {min(p.bursts) / 1e9:.0f}-{max(p.bursts) / 1e9:.0f} "
+                  f"GFLOP/s (median {statistics.median(p.bursts) / 1e9:.0f}); {'x'.join(map(str, p.shape))} sustained "
+                  f"over each timing's length {min(p.sustained) / 1e9:.0f}-{max(p.sustained) / 1e9:.0f} "
+                  f"(median {statistics.median(p.sustained) / 1e9:.0f})", flush=True)
             rows += vs
             if args.profile:
                 for v in vs:
@@ -351,8 +390,11 @@ def main() -> None:
                 "projected_minutes": args.project_calls / v.calls_per_s / 60})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
-                                    "matmul_peak_gflops": {d: max(p) / 1e9 for d, p in peaks.items() if p},
-                                    "matmul_peaks_gflops": {d: [x / 1e9 for x in p] for d, p in peaks.items()},
+                                    "matmul_peak_gflops": {d: max(x for q in p for x in q.bursts) / 1e9
+                                                           for d, p in peaks.items() if p},
+                                    "matmul_peaks_gflops": {d: [x / 1e9 for q in p for x in q.bursts] for d, p in peaks.items()},
+                                    "sustained_gflops": {d: [{"shape": q.shape, "gflops": [x / 1e9 for x in q.sustained]}
+                                                         for q in p] for d, p in peaks.items()},
                                     "rows": results}, indent=1) + "\n")
     print(f"\nwrote {args.out}")
 
