@@ -19,6 +19,11 @@ positions, interleaved over ``--rounds`` rounds, and prints that ceiling per rou
 So the ceiling is generous: a real pass does more. If it sits below some bar for a precision, no
 implementation built from these kernels reaches the bar on this machine.
 
+Each round also times the project's own pass over the same rows (:class:`FusedLlama` on a
+randomly initialised model of these sizes, ``--layers`` deep, including its last block's readout
+shortcut), and prints its FLOP/s (counted by ``torch.utils.flop_counter``) as a fraction of the
+product rate of that round: how far a real pass sits below the ceiling.
+
     python benchmarks/elementwise_floor.py                       # bfloat16 and float32
     python benchmarks/elementwise_floor.py --dtypes bfloat16 --rounds 9
 """
@@ -32,6 +37,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from lmaas_tune.backends.fused_llama import FusedLlama
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -59,7 +67,10 @@ def layer_work(dtype: torch.dtype, rows: int, tokens: int, prefix: int, hidden: 
     weights = {"q": rand(hidden, hidden), "kv": rand(2 * kv_heads * dim, hidden), "o": rand(hidden, hidden),
                "gate": rand(ffn, hidden), "up": rand(ffn, hidden), "down": rand(hidden, ffn)}
     inner = rand(m, ffn)
-    products = [lambda w=w, a=(inner if name == "down" else x): F.linear(a, w) for name, w in weights.items()]
+    def product(a: torch.Tensor, w: torch.Tensor) -> Callable[[], object]:
+        return lambda: F.linear(a, w)
+
+    products = [product(inner if name == "down" else x, w) for name, w in weights.items()]
     flops = 2.0 * m * sum(w.numel() for w in weights.values())
     # attention products (scores and mixing) count on the products' side
     q4 = rand(rows * kv_heads, heads // kv_heads * tokens, dim, dt=torch.float32)
@@ -98,6 +109,32 @@ def layer_work(dtype: torch.dtype, rows: int, tokens: int, prefix: int, hidden: 
     return products, floor, flops
 
 
+def fused_pass(dtype: torch.dtype, args: argparse.Namespace) -> tuple[Callable[[], object], float]:
+    """The fused pass over ``rows`` x ``tokens`` on a ``prefix``-position prefix of a random model, and its FLOPs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=args.hidden, intermediate_size=args.ffn,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      num_key_value_heads=args.kv_heads, max_position_embeddings=2048, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).to(dtype=dtype).eval()
+    fused, dim = FusedLlama(model), args.hidden // args.heads
+    candidates = 20
+    kv = [(torch.randn(candidates, args.kv_heads, args.prefix, dim), torch.randn(candidates, args.kv_heads, args.prefix, dim))
+          for _ in range(args.layers)]
+    embeds = torch.randn(args.rows, args.tokens, args.hidden).to(dtype) * 0.05
+    rows = torch.arange(args.rows) % candidates
+    positions = torch.full((args.rows,), args.tokens - 1)
+
+    def run() -> object:
+        return fused.hidden_at(embeds, kv, rows, positions)
+
+    run()
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return run, float(counter.get_total_flops())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=list(DTYPES))
@@ -110,7 +147,8 @@ def main() -> None:
     ap.add_argument("--ffn", type=int, default=1536)
     ap.add_argument("--heads", type=int, default=9)
     ap.add_argument("--kv-heads", type=int, default=3)
-    ap.add_argument("--reps", type=int, default=10, help="calls per timing")
+    ap.add_argument("--layers", type=int, default=30, help="depth of the model the fused pass runs")
+    ap.add_argument("--reps", type=int, default=10, help="calls per timing of one product or operator")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one layer, hidden {args.hidden}, FFN "
           f"{args.ffn}, {args.heads}/{args.kv_heads} heads, {args.rows} rows x {args.tokens} tokens on a "
@@ -119,21 +157,28 @@ def main() -> None:
         for name in args.dtypes:
             products, floor, flops = layer_work(DTYPES[name], args.rows, args.tokens, args.prefix, args.hidden,
                                                 args.ffn, args.heads, args.kv_heads)
-            ceilings, shares = [], {k: [] for k in floor}
-            for r in range(args.rounds):  # products and floor back to back, so both see the same machine
+            run_fused, fused_flops = fused_pass(DTYPES[name], args)
+            ceilings: list[float] = []
+            reached: list[float] = []
+            shares: dict[str, list[float]] = {k: [] for k in floor}
+            for r in range(args.rounds):  # all back to back, so they see the same machine
+                t_fused = timed(run_fused, 1)
                 t_products = sum(timed(p, args.reps) for p in products)
                 t_floor = {k: timed(f, args.reps) for k, f in floor.items()}
                 total = sum(t_floor.values())
+                rate = flops / t_products
                 ceilings.append(t_products / (t_products + total))
+                reached.append(fused_flops / t_fused / rate)
                 for k, t in t_floor.items():
                     shares[k].append(t / t_products)
-                print(f"{name} round {r + 1}: products {t_products * 1e3:.2f} ms ({flops / t_products / 1e9:.0f} GFLOP/s), "
-                      f"elementwise floor {total * 1e3:.2f} ms, ceiling {100 * ceilings[-1]:.1f}% of the product rate",
-                      flush=True)
+                print(f"{name} round {r + 1}: products {t_products * 1e3:.2f} ms ({rate / 1e9:.0f} GFLOP/s), "
+                      f"elementwise floor {total * 1e3:.2f} ms: ceiling {100 * ceilings[-1]:.1f}% of the product rate; "
+                      f"the fused pass reached {100 * reached[-1]:.1f}%", flush=True)
             print(f"{name}: ceiling median {100 * statistics.median(ceilings):.1f}% "
-                  f"(range {100 * min(ceilings):.1f}-{100 * max(ceilings):.1f}); each operator's time as a share of "
-                  f"the products': " + ", ".join(f"{k} {100 * statistics.median(v):.0f}%" for k, v in shares.items()),
-                  flush=True)
+                  f"(range {100 * min(ceilings):.1f}-{100 * max(ceilings):.1f}), the fused pass "
+                  f"{100 * statistics.median(reached):.1f}% (range {100 * min(reached):.1f}-{100 * max(reached):.1f}); "
+                  f"each operator's time as a share of the products': "
+                  + ", ".join(f"{k} {100 * statistics.median(v):.0f}%" for k, v in shares.items()), flush=True)
 
 
 if __name__ == "__main__":
