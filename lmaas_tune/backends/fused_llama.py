@@ -50,7 +50,16 @@ def fused_llama_supported(model: Any) -> bool:
     return param.device.type == "cpu" and param.dtype in _DTYPES
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: torch.Tensor) -> None:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm rounded where the transformers one rounds: ``x / rms(x)`` in float32, then to ``x``'s
+    dtype, then times ``weight``."""
+    x32 = x.float()  # converted once: the norm and the scaling would each convert a copy of their own
+    scale = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+    scaled = x32 * scale if x32 is x else x32.mul_(scale)  # float32 input: x itself, kept intact
+    return scaled.to(x.dtype).mul_(weight)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, out: torch.Tensor) -> None:
     """Rotary embedding, ``x * cos + rotate_half(x) * sin``, written into ``out`` (float32, any strides)."""
     half = x.shape[-1] // 2
     x = x.float()  # once: each mixed-precision operator below would convert its own copy
@@ -115,15 +124,15 @@ class FusedLlama:
         row_index = torch.arange(rows)
         x = embeds
         for i, block in enumerate(self._blocks):
-            h = self._normed(x, block.norm1)
+            h = rms_norm(x, block.norm1, self._eps)
             q_new = F.linear(h, block.q).view(rows, length, kv_heads, group, dim)
             kv_new = F.linear(h, block.kv).view(rows, length, 2, kv_heads, dim)
             # float32 buffers, the query heads grouped by the key/value head they share
             queries = torch.empty(rows, kv_heads, group, length, dim)
             keys = torch.empty(rows, kv_heads, span, dim)
             values = torch.empty(rows, kv_heads, span, dim)
-            _rotate(q_new, cos[:, None], sin[:, None], out=queries.permute(0, 3, 1, 2, 4))
-            _rotate(kv_new[:, :, 0], cos, sin, out=keys[:, :, width:].transpose(1, 2))
+            rotate(q_new, cos[:, None], sin[:, None], out=queries.permute(0, 3, 1, 2, 4))
+            rotate(kv_new[:, :, 0], cos, sin, out=keys[:, :, width:].transpose(1, 2))
             values[:, :, width:] = kv_new[:, :, 1].transpose(1, 2)
             pk, pv = kv[i]
             keys[:, :, :width] = pk[candidates]
@@ -137,15 +146,7 @@ class FusedLlama:
             if i == len(self._blocks) - 1:  # only the readout positions are needed from here on
                 x, attended = x[row_index, positions], attended[row_index, positions]
             x = F.linear(attended, block.o).add_(x)
-            h = self._normed(x, block.norm2)
+            h = rms_norm(x, block.norm2, self._eps)
             gated = F.linear(h, block.up).mul_(F.silu(F.linear(h, block.gate), inplace=True))
             x = F.linear(gated, block.down).add_(x)
-        return self._normed(x, self._final_norm)
-
-    def _normed(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """RMSNorm rounded where the transformers one rounds: ``x / rms(x)`` in float32, then to the
-        model's dtype, then times ``weight``."""
-        x32 = x.float()  # converted once: the norm and the scaling would each convert a copy of their own
-        scale = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(self._eps).rsqrt_()
-        scaled = x32 * scale if x32 is x else x32.mul_(scale)  # float32 input: x itself, kept intact
-        return scaled.to(x.dtype).mul_(weight)
+        return rms_norm(x, self._final_norm, self._eps)
