@@ -10,7 +10,10 @@ workload (benchmarks/workloads.py) and each precision, in one process:
   length-sorted rows under a token budget, label-only readout, and for causal LMs the soft prompt's
   keys/values computed once per candidate (``ours (whole rows)`` shows the same path without that),
   and ``ours + fused layers`` the same with the opt-in fused path for the text rows
-  (lmaas_tune/backends/fused_llama.py; Llama-architecture models on a CPU).
+  (lmaas_tune/backends/fused_llama.py; Llama-architecture models on a CPU);
+* ``ours + torch.compile`` (with ``--compile``): ``ours`` on a copy of the model whose layers are
+  compiled (``lmaas-tune fit --compile``); the compilation happens in an untimed warm-up call, whose
+  length is printed. Its FLOPs are those of ``ours``: the same products on the same rows.
 
 Each variant is timed ``--rounds`` times, interleaved with the others so that drifts in machine
 speed hit all of them alike, and the median is reported. FLOPs are counted by
@@ -40,11 +43,14 @@ runs under it.
     python benchmarks/throughput.py                       # both workloads, fp32 and bf16
     python benchmarks/throughput.py --workloads embedded --dtypes bfloat16
     python benchmarks/throughput.py --workloads embedded --rounds 1 --profile   # + time per operator
+    python benchmarks/throughput.py --workloads embedded --dtypes bfloat16 --compile \
+        --out benchmarks/results/throughput-compile.json
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import os
@@ -63,6 +69,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmaas_tune.backends.base import ModelKind
 from lmaas_tune.backends.encoding import EncodedBatch, encode_batch, label_token_ids
+from lmaas_tune.backends.local import LocalBackend
 
 from workloads import WORKLOADS, Workload, build
 
@@ -208,6 +215,7 @@ class Variant:
     peak_bytes: int = 0
     round_peaks: list[float] = field(default_factory=list)  # sustained product rate around each of ``seconds``
     run_peak: float = 0.0  # the highest product rate of the run, any window, for this precision
+    same_work_as: str | None = None  # a variant running the same products, whose FLOP count this one takes
 
     @property
     def fractions(self) -> list[float]:
@@ -228,7 +236,8 @@ class Variant:
         return self.calls / statistics.median(self.seconds)
 
 
-def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: int, token_budget: int) -> list[Variant]:
+def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: int, token_budget: int,
+                 compiled: bool = False) -> list[Variant]:
     device = next(w.model.parameters()).device
     torch_prompts = torch.from_numpy(prompts).to(device, DTYPES[dtype])
 
@@ -254,6 +263,18 @@ def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: i
             _sync(device)
 
         out.append(Variant(name, dtype, len(prompts), ours, []))
+    if compiled:  # on a copy: compiling is in place, and the variants above run the eager model
+        backend = LocalBackend(copy.deepcopy(w.model), w.tokenizer, w.kind, model_id=w.name, token_budget=token_budget,
+                               compile=True)
+
+        def ours_compiled() -> None:
+            backend.score_sync(prompts, w.batch)
+            _sync(device)
+
+        t0 = time.perf_counter()
+        ours_compiled()
+        print(f"{w.name} {dtype}: compiling took {time.perf_counter() - t0:.0f} s (first call)", flush=True)
+        out.append(Variant("ours + torch.compile", dtype, len(prompts), ours_compiled, [], same_work_as="ours"))
     return out
 
 
@@ -280,9 +301,13 @@ def measure(variants: list[Variant], rounds: int, device: torch.device, dtype: t
     untimed."""
     for v in variants:  # warm-up and FLOPs, untimed
         v.run()
-        with FlopCounterMode(display=False) as counter:
-            v.run()
-        v.flops = counter.get_total_flops() / v.calls
+        if v.same_work_as is None:
+            with FlopCounterMode(display=False) as counter:
+                v.run()
+            v.flops = counter.get_total_flops() / v.calls
+    for v in variants:
+        if v.same_work_as is not None:
+            v.flops = next(u.flops for u in variants if u.name == v.same_work_as)
     first = [product_rates(dtype, device, seconds=0.15) for _ in range(3)]
     shape = max(PEAK_SHAPES, key=lambda s: statistics.median(r[s] for r in first))
     peaks = Peaks(shape, bursts=[max(r.values()) for r in first])
@@ -336,6 +361,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--project-calls", type=int, default=8000, help="print the minutes this many calls would take")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "throughput.json")
+    ap.add_argument("--compile", action="store_true", help="also time ours with the model's layers compiled "
+                    "(torch.compile; minutes of compilation per workload and precision, untimed)")
     ap.add_argument("--profile", action="store_true", help="also print where one untimed call of ours spends its "
                     "time, by operator (torch.profiler)")
     args = ap.parse_args()
@@ -356,7 +383,7 @@ def main() -> None:
             d = w.model.get_input_embeddings().weight.shape[1]
             std = float(w.model.get_input_embeddings().weight.detach().float().std())
             prompts = (np.random.default_rng(1).standard_normal((popsize, plen, d)) * std).astype(np.float32)
-            vs = variants_for(w, dtype, prompts, min(args.baseline_calls, popsize), args.token_budget)
+            vs = variants_for(w, dtype, prompts, min(args.baseline_calls, popsize), args.token_budget, args.compile)
             p = measure(vs, args.rounds, device, DTYPES[dtype])
             peaks[dtype].append(p)
             print(f"{name} {dtype}: matmul peak in short windows {min(p.bursts) / 1e9:.0f}-{max(p.bursts) / 1e9:.0f} "

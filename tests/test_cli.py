@@ -108,6 +108,24 @@ def test_fit_fused_is_stored_and_evaluates_to_the_same_metric(data_dir: Path, ll
     assert res.exit_code == 2 and "--fused" in res.output and "the run has False" in res.output
 
 
+def test_fit_compile_is_stored_free_on_resume_and_local_only(data_dir: Path, llama_dir: Path, tmp_path: Path) -> None:
+    """--compile is a stored backend setting that does not change a float32 run's result; a --resume
+    may switch it on (it changes how the layers run, not what they compute); a remote backend refuses it."""
+    run_dir = tmp_path / "run"
+    res = runner.invoke(app, ["fit", *_custom(data_dir, llama_dir), *TINY, "--compile", "--output", str(run_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    compiled = json.loads(res.stdout)
+    assert json.loads((run_dir / "config.json").read_text())["backend"]["compile"] is True
+    plain = tmp_path / "plain"
+    res = runner.invoke(app, ["fit", *_custom(data_dir, llama_dir), *TINY, "--output", str(plain), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["test"]["value"] == compiled["test"]["value"]
+    res = runner.invoke(app, ["fit", "--resume", str(plain), "--compile", "--json"])
+    assert res.exit_code == 0, res.output  # finished: shows the stored result, no conflict raised
+    res = runner.invoke(app, ["fit", *_custom(data_dir, llama_dir), *TINY, "--compile", "--endpoint", "http://127.0.0.1:9"])
+    assert res.exit_code == 2 and "--compile" in res.output and "lmaas-tune serve" in res.output
+
+
 def test_console_script_runs_as_a_real_process() -> None:
     exe = shutil.which("lmaas-tune") or str(Path(sys.executable).parent / "lmaas-tune")
     proc = subprocess.run([exe, "fit", "--task", "nope"], capture_output=True, text=True, timeout=120)

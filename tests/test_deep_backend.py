@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +106,31 @@ async def test_fused_llama_path_scores_deep_prompts_as_the_layers_do(llama_backe
         await fused.aclose()
     np.testing.assert_allclose(got, await llama_backend.score(deep, CAUSAL_BATCH), atol=1e-5)
     np.testing.assert_allclose(got[1], _by_hand(llama_backend, deep[1], CAUSAL_BATCH), rtol=1e-4, atol=1e-4)
+
+
+async def test_compiled_layers_score_as_the_eager_ones(llama_dir: Path, llama_backend: LocalBackend) -> None:
+    """compile=True compiles the model's body (real torch.compile: dynamo counts new graphs); shallow
+    prompts, on the shared prefix and without it, score what the eager layers score; deep prompts and
+    the hidden-state probe (layer hooks) run those layers eagerly and agree too."""
+    from torch._dynamo.utils import counters
+
+    compiled = LocalBackend.load(str(llama_dir), device="cpu", dtype="float32", compile=True)
+    assert compiled.compiled and not llama_backend.compiled
+    shallow = _deep(llama_backend, 3, seed=5)[:, 0]
+    graphs = counters["stats"]["unique_graphs"]
+    try:
+        np.testing.assert_allclose(await compiled.score(shallow, CAUSAL_BATCH),
+                                   await llama_backend.score(shallow, CAUSAL_BATCH), atol=1e-5)
+        assert counters["stats"]["unique_graphs"] > graphs
+        deep = _deep(llama_backend, 2, seed=6)
+        np.testing.assert_allclose(await compiled.score(deep, CAUSAL_BATCH),
+                                   await llama_backend.score(deep, CAUSAL_BATCH), atol=1e-5)
+        np.testing.assert_allclose(await compiled.hidden_state_std(CAUSAL_BATCH),
+                                   await llama_backend.hidden_state_std(CAUSAL_BATCH), rtol=1e-5)
+        np.testing.assert_allclose(await compiled.score(None, CAUSAL_BATCH),
+                                   await llama_backend.score(None, CAUSAL_BATCH), atol=1e-5)
+    finally:
+        await compiled.aclose()
 
 
 async def test_hidden_state_std_and_shape_checks(any_backend: LocalBackend) -> None:

@@ -28,6 +28,7 @@ class BackendSettings:
     kind: str | None = None
     token_budget: int = 2048
     fused: bool = False
+    compile: bool = False
     endpoints: tuple[str, ...] = ()
     token_env: str | None = None
     upload: str = "auto"
@@ -52,7 +53,7 @@ def _local(settings: BackendSettings) -> Backend:
 
     return LocalBackend.load(
         settings.model, device=settings.device, dtype=settings.dtype, kind=settings.kind,
-        token_budget=settings.token_budget, fused=settings.fused,
+        token_budget=settings.token_budget, fused=settings.fused, compile=settings.compile,
     )
 
 

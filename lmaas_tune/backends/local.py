@@ -16,6 +16,7 @@ import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,21 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+def compile_layers(model: Any, model_id: str) -> bool:
+    """Compile ``model``'s transformer body in place (``torch.compile``, shapes dynamic); its output
+    layer stays eager, so the label-only readout's hook still stops the pass before it. False (and
+    a warning) when the model has no separate body to compile."""
+    if not hasattr(torch.compiler, "set_stance"):
+        raise ConfigError(f"--compile needs torch 2.6 or newer (this is {torch.__version__}); upgrade torch, "
+                          f"or drop --compile")
+    body = getattr(model, "base_model", model)
+    if body is model:
+        log.warning("--compile: %s has no transformer body apart from its output layer; it runs eagerly", model_id)
+        return False
+    body.compile(dynamic=True)
+    return True
+
+
 class LocalBackend(Backend):
     """Score soft prompts with a transformers model held in this process.
 
@@ -92,10 +108,13 @@ class LocalBackend(Backend):
     top of them (see :mod:`.prefix_cache`); off, every row runs its whole sequence. ``fused`` (opt-in):
     run those text rows through :mod:`.fused_llama` where it supports the model (Llama architecture
     on a CPU), else through the model's own forward (README, "Speed", for what it gains and costs).
+    ``compile`` (opt-in): compile the model's own layers with ``torch.compile`` (in place, on
+    ``model``; the first calls of each new shape pay the compilation). Passes that add deep prompts
+    through layer hooks run those layers eagerly.
     """
 
     def __init__(self, model: Any, tokenizer: Any, kind: ModelKind, *, model_id: str, token_budget: int = 2048,
-                 share_prefix: bool = True, fused: bool = False) -> None:
+                 share_prefix: bool = True, fused: bool = False, compile: bool = False) -> None:
         if token_budget < 1:
             raise ConfigError("token_budget must be positive")
         self._model = model
@@ -125,6 +144,7 @@ class LocalBackend(Backend):
         if fused and not use_fused:
             log.warning("fused layers asked for, but they serve only Llama-architecture causal LMs on the CPU in "
                         "float32 or bfloat16 with a shared prefix; %s runs on its own layers", model_id)
+        self._compiled = compile and compile_layers(model, model_id)
         limit = int(getattr(text_cfg, "max_position_embeddings", 0) or 0) - _POSITION_OFFSET.get(cfg.model_type, 0)
         tok_limit = getattr(tokenizer, "model_max_length", None) or 0
         if 0 < tok_limit < 1_000_000:
@@ -152,6 +172,7 @@ class LocalBackend(Backend):
         token_budget: int = 2048,
         share_prefix: bool = True,
         fused: bool = False,
+        compile: bool = False,
     ) -> "LocalBackend":
         """Load a model by embedded name, ``.gguf`` path, local directory or hub id."""
         dev = pick_device(device)
@@ -160,7 +181,7 @@ class LocalBackend(Backend):
         net, tok, resolved = load_pretrained(source, kind=ModelKind(kind) if kind else None, dtype=dt)
         net.to(dev)
         return cls(net, tok, resolved, model_id=source.name, token_budget=token_budget, share_prefix=share_prefix,
-                   fused=fused)
+                   fused=fused, compile=compile)
 
     @property
     def info(self) -> BackendInfo:
@@ -183,6 +204,16 @@ class LocalBackend(Backend):
     def fused(self) -> bool:
         """Whether the text rows of a shared-prefix pass run through :mod:`.fused_llama`."""
         return self._fused is not None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the model's own layers run compiled (``torch.compile``)."""
+        return self._compiled
+
+    def _eager_if(self, hooked: bool) -> AbstractContextManager[Any]:
+        """Run compiled layers eagerly within the block when ``hooked``: a pass with layer hooks
+        (deep prompts, hidden-state capture) would otherwise recompile on every call."""
+        return torch.compiler.set_stance("force_eager") if hooked and self._compiled else nullcontext()
 
     def encode(self, batch: ScoringBatch) -> EncodedBatch:
         """Tokenised form of a batch, cached by content hash (a few batches per run)."""
@@ -229,7 +260,7 @@ class LocalBackend(Backend):
 
     def _hidden_state_std_sync(self, batch: ScoringBatch) -> list[float]:
         enc = self.encode(batch)
-        with torch.inference_mode(), capture_layer_inputs(self._layers) as seen:
+        with torch.inference_mode(), self._eager_if(True), capture_layer_inputs(self._layers) as seen:
             embeds, mask = self._embed_rows([(n, 0) for n in range(len(enc.ids))], enc, skip=0)
             self._head_input(embeds, mask)
             return layer_input_std(embeds, seen, mask)
@@ -260,7 +291,7 @@ class LocalBackend(Backend):
                 f"tokens with a {plen}-token prompt (longest {int(lengths.max()) + plen}); drop them, "
                 f"shorten the texts, or use a shorter prompt"
             )
-        with torch.inference_mode():
+        with torch.inference_mode(), self._eager_if(prompts is not None and prompts.ndim == 4):
             prompt_t = None if prompts is None or plen == 0 else torch.from_numpy(prompts).to(self._device, self._dtype)
             deep, prompt_t = split_deep(prompt_t)  # a deep prompt's slot 0 is the input prompt; hooks add the rest
             with inject(self._layers, deep, enc.insert_at):  # the prefix pass holds the prompt positions

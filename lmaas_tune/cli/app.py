@@ -116,6 +116,7 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help=f"Embedded name ({'
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bfloat16 on a GPU or a CPU that multiplies it natively, float16 on older GPUs, else float32), float32, bfloat16, float16.")]
 FusedOpt = Annotated[bool, typer.Option("--fused", help="Local backend, Llama-architecture model on the CPU: run the texts through the fused layers (lmaas_tune/backends/fused_llama.py; README, Speed).")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="Local backend: compile the model's layers with torch.compile (the first calls of each input shape pay the compilation; README, Speed).")]
 KindOpt = Annotated[Optional[str], typer.Option("--model-kind", help="Override detection: masked or causal.")]
 EndpointOpt = Annotated[Optional[list[str]], typer.Option("--endpoint", help="Remote backend: URL of an `lmaas-tune serve` service (repeatable: the endpoints share each population). Implies --backend remote.")]
 TokenEnvOpt = Annotated[Optional[str], typer.Option("--token-env", help="Remote backend: environment variable holding the bearer token (default: LMAAS_TUNE_TOKEN when set).")]
@@ -137,16 +138,21 @@ def _task_spec(task: str, template: str | None, label_words: str | None, train: 
 
 
 def _settings(backend: str, model: str, device: str, dtype: str, kind: str | None,
-              endpoints: list[str] | None, token_env: str | None, fused: bool = False) -> BackendSettings:
+              endpoints: list[str] | None, token_env: str | None, fused: bool = False,
+              compile_layers: bool = False) -> BackendSettings:
     if endpoints and backend == "local":
         backend = "remote"
     if backend == "remote" and not endpoints:
         raise ConfigError("--backend remote needs at least one --endpoint URL (from `lmaas-tune serve`)")
+    if backend == "remote" and (fused or compile_layers):
+        flag = "--fused" if fused else "--compile"
+        raise ConfigError(f"{flag} sets how a local model runs; the remote service decides that for its own: drop "
+                          f"{flag}, or pass it to `lmaas-tune serve`")
     local = Path(model).expanduser()
     if model not in EMBEDDED and local.exists():  # stored absolute, so `fit --resume` works from anywhere
         model = str(local.resolve())
     return BackendSettings(backend, model, device, dtype, kind, endpoints=tuple(endpoints or ()), token_env=token_env,
-                           fused=fused)
+                           fused=fused, compile=compile_layers)
 
 
 def _open(settings: BackendSettings, display: Display) -> Any:
@@ -218,6 +224,7 @@ def evaluate_cmd(
     dtype: DtypeOpt = "auto",
     model_kind: KindOpt = None,
     fused: FusedOpt = False,
+    compile_layers: CompileOpt = False,
     endpoint: EndpointOpt = None,
     token_env: TokenEnvOpt = None,
     on_long: OnLongOpt = None,
@@ -230,14 +237,15 @@ def evaluate_cmd(
     saved = None
     if run_dir is not None:
         saved = workflows.SavedRun.load(run_dir)
-        overrides: dict[str, Any] = {"device": device, **({"fused": True} if fused else {})}
+        overrides: dict[str, Any] = {"device": device, **({"fused": True} if fused else {}),
+                                     **({"compile": True} if compile_layers else {})}
         if endpoint:  # the service moved: score the run's prompt on these endpoints
             overrides.update(backend="remote", endpoints=tuple(endpoint), token_env=token_env)
         settings = BackendSettings.from_dict({**saved.settings.to_dict(), **overrides})
         spec = saved.task
     else:
         spec = _task_spec(task, template, label_words, train_file, test_file, column, label_column, labels, task_file)
-        settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env, fused)
+        settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env, fused, compile_layers)
 
     async def run() -> Any:
         be = _open(settings, display)
@@ -330,6 +338,7 @@ def fit_cmd(
     dtype: DtypeOpt = "auto",
     model_kind: KindOpt = None,
     fused: FusedOpt = False,
+    compile_layers: CompileOpt = False,
     endpoint: EndpointOpt = None,
     token_env: TokenEnvOpt = None,
     preset: Annotated[str, typer.Option(help="Size of the run (prompt length, budget): " + "; ".join(f"{n}: {p.description}" for n, p in PRESETS.items()) + ".")] = "paper",
@@ -347,7 +356,7 @@ def fit_cmd(
     prompt_init: Annotated[Optional[str], typer.Option("--prompt-init", help="Start the search from this text's token embeddings (repeated to L tokens) instead of zeros: p = A z + p0. Default: zeros, the paper's.")] = None,
     on_long: OnLongOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (default: runs/TASK-MODEL-sSEED-TIME).")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the stopped run in this directory, with its stored settings (only --device, --concurrency, --endpoint, --token-env, --quiet and --json may change); a finished run just shows its result.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the stopped run in this directory, with its stored settings (only --device, --compile, --concurrency, --endpoint, --token-env, --quiet and --json may change); a finished run just shows its result.")] = None,
     concurrency: Annotated[Optional[int], typer.Option(help="Score calls in flight at once (default: what the backend says).")] = None,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also score the manual prompt on the test set, for comparison.")] = True,
     quiet: QuietOpt = False,
@@ -371,7 +380,7 @@ def fit_cmd(
             sigma0=sigma, alpha=alpha, loss=loss, k_shot=k_shot, eval_every=eval_every, on_long=on_long,
             prompt_init=prompt_init,
         )
-        settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env, fused)
+        settings = _settings(backend, model, device, dtype, model_kind, endpoint, token_env, fused, compile_layers)
         if output is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             output = Path("runs") / f"{spec.name}-{Path(model).stem}-s{config.seed}-{stamp}"
@@ -434,6 +443,7 @@ def serve_cmd(
     dtype: DtypeOpt = "auto",
     model_kind: KindOpt = None,
     fused: FusedOpt = False,
+    compile_layers: CompileOpt = False,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed at start).")] = 8080,
     token_file: Annotated[Optional[Path], typer.Option("--token-file", help="File whose first line is the bearer token clients must send.")] = None,
@@ -452,7 +462,7 @@ def serve_cmd(
         max_prompts_per_request=max_prompts, batch_window_s=batch_window_ms / 1000.0,
         max_batch_prompts=max_batch_prompts, max_queue_prompts=max_queue,
     )
-    settings = BackendSettings("local", model, device, dtype, model_kind, fused=fused)
+    settings = BackendSettings("local", model, device, dtype, model_kind, fused=fused, compile=compile_layers)
     display = Display(err, quiet=False)
 
     async def run() -> None:

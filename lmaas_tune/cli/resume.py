@@ -26,7 +26,7 @@ from ..tasks.data import BUILTIN_PREFIX
 from ..tasks.spec import TaskSpec
 
 #: options that may differ from the stored run (they do not change the result)
-FREE = {"resume", "device", "concurrency", "endpoint", "token_env", "quiet", "json_out"}
+FREE = {"resume", "device", "compile_layers", "concurrency", "endpoint", "token_env", "quiet", "json_out"}
 
 #: tuning option -> TuneConfig field
 TUNE_FIELDS = {"seed": "seed", "budget": "budget", "popsize": "popsize", "prompt_length": "prompt_length",
@@ -140,6 +140,8 @@ def resume_settings(ctx: typer.Context, run_dir: Path, values: dict[str, Any]) -
     settings = backend
     if "device" in _given(ctx):
         settings = replace(settings, device=values["device"])
+    if values["compile_layers"]:  # how the layers run, not what they compute: a resume may switch it on
+        settings = replace(settings, compile=True)
     if values["endpoint"]:
         settings = replace(settings, endpoints=tuple(values["endpoint"]))
     if "token_env" in _given(ctx):
