@@ -6,12 +6,14 @@ split, the projection and CMA-ES). Templates and settings were chosen on a dev s
 train pool (benchmarks/templates.py) and the CPU preset, never on the test set.
 
 Results are appended to ``--out`` as they finish; a rerun skips what is already there. A variant
-names the precision, budget, p0, the thread count and whether the fused Llama path scored the text
-rows (lmaas_tune/backends/fused_llama.py): in bfloat16 the rounding of a matrix product depends on
+names the precision, budget, p0, the thread count, whether the fused Llama path scored the text
+rows (``--fused``, lmaas_tune/backends/fused_llama.py) and whether the model's layers ran compiled
+(``--compile``): in bfloat16 the rounding of a matrix product depends on
 how the threads split it and on where a pass rounds, and a CMA-ES run amplifies that, so runs differ
 by thread count and by path.
 
     python benchmarks/accuracy.py --seeds 42 43 44
+    python benchmarks/accuracy.py --seeds 42 43 44 --compile    # the same with torch.compile
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ async def main() -> None:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--budget", type=int)
     ap.add_argument("--prompt-init", default=INIT, help="BBT's initial prompt text; '' for zeros (the paper's)")
+    ap.add_argument("--fused", action="store_true", help="score the text rows with the fused Llama layers")
+    ap.add_argument("--compile", action="store_true", help="compile the model's layers (torch.compile)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
     args = ap.parse_args()
@@ -89,10 +93,11 @@ async def main() -> None:
     config = PRESETS.get(args.preset).config.with_overrides(budget=args.budget, prompt_init=args.prompt_init)
     rows = _load(args.out)
     base = get_task("sst2")
-    async with LocalBackend.load(args.model, dtype=args.dtype) as backend:
+    async with LocalBackend.load(args.model, dtype=args.dtype, fused=args.fused, compile=args.compile) as backend:
         # rows of other variants are kept, not mixed; the variant names the precision actually used
         variant = (f"{args.preset}-b{config.budget}-{backend.info.dtype}" + ("-init" if config.prompt_init else "")
-                   + f"-t{torch.get_num_threads()}" + ("-fused" if backend.fused else ""))
+                   + f"-t{torch.get_num_threads()}" + ("-fused" if backend.fused else "")
+                   + ("-compiled" if backend.compiled else ""))
         done = {(r["template"], r["method"], r.get("seed")) for r in rows if r["variant"] == variant}
         print(f"settings: {config.to_dict()} model={args.model} dtype={backend.info.dtype}", flush=True)
         test = base.load("test")
