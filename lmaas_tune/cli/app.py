@@ -168,6 +168,8 @@ def _open(settings: BackendSettings, display: Display) -> Any:
     info = backend.info
     display.note(f"loaded {info.model_id}: {info.kind.value} LM, hidden {info.hidden_size}, "
                  f"{info.device}/{info.dtype}, {time.perf_counter() - start:.1f} s")
+    if getattr(backend, "compiled", False):
+        display.note("--compile: the first calls compile the model's layers (minutes on a CPU); later ones run compiled")
     return backend
 
 
