@@ -50,7 +50,6 @@ runs under it.
 from __future__ import annotations
 
 import argparse
-import copy
 import ctypes
 import json
 import os
@@ -69,7 +68,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmaas_tune.backends.base import ModelKind
 from lmaas_tune.backends.encoding import EncodedBatch, encode_batch, label_token_ids
-from lmaas_tune.backends.local import LocalBackend
 
 from workloads import WORKLOADS, Workload, build
 
@@ -250,9 +248,11 @@ def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: i
         _sync(device)
 
     out = [Variant("baseline", dtype, baseline_calls, baseline, [])]
-    kinds = [("ours", {})]
+    kinds: list[tuple[str, dict[str, bool]]] = [("ours", {})]
     if w.kind is ModelKind.CAUSAL:
         kinds += [("ours + fused layers", {"fused": True}), ("ours (whole rows)", {"share_prefix": False})]
+    if compiled:
+        kinds.append(("ours + torch.compile", {"compile": True}))
     for name, options in kinds:
         backend = w.backend(token_budget=token_budget, **options)
         if options.get("fused") and not backend.fused:
@@ -262,19 +262,11 @@ def variants_for(w: Workload, dtype: str, prompts: np.ndarray, baseline_calls: i
             b.score_sync(prompts, w.batch)
             _sync(device)
 
-        out.append(Variant(name, dtype, len(prompts), ours, []))
-    if compiled:  # on a copy: compiling is in place, and the variants above run the eager model
-        backend = LocalBackend(copy.deepcopy(w.model), w.tokenizer, w.kind, model_id=w.name, token_budget=token_budget,
-                               compile=True)
-
-        def ours_compiled() -> None:
-            backend.score_sync(prompts, w.batch)
-            _sync(device)
-
-        t0 = time.perf_counter()
-        ours_compiled()
-        print(f"{w.name} {dtype}: compiling took {time.perf_counter() - t0:.0f} s (first call)", flush=True)
-        out.append(Variant("ours + torch.compile", dtype, len(prompts), ours_compiled, [], same_work_as="ours"))
+        if backend.compiled:
+            t0 = time.perf_counter()
+            ours()
+            print(f"{w.name} {dtype}: compiling took {time.perf_counter() - t0:.0f} s (first call)", flush=True)
+        out.append(Variant(name, dtype, len(prompts), ours, [], same_work_as="ours" if backend.compiled else None))
     return out
 
 
@@ -299,15 +291,14 @@ def measure(variants: list[Variant], rounds: int, device: torch.device, dtype: t
     a variant's fraction of the peak compares measurements taken together and of the same length),
     and the burst peak before the first round and after each; then each variant's peak memory,
     untimed."""
-    for v in variants:  # warm-up and FLOPs, untimed
+    for v in variants:  # warm-up and FLOPs, untimed (a variant follows the one whose work it shares)
         v.run()
-        if v.same_work_as is None:
-            with FlopCounterMode(display=False) as counter:
-                v.run()
-            v.flops = counter.get_total_flops() / v.calls
-    for v in variants:
         if v.same_work_as is not None:
             v.flops = next(u.flops for u in variants if u.name == v.same_work_as)
+            continue
+        with FlopCounterMode(display=False) as counter:
+            v.run()
+        v.flops = counter.get_total_flops() / v.calls
     first = [product_rates(dtype, device, seconds=0.15) for _ in range(3)]
     shape = max(PEAK_SHAPES, key=lambda s: statistics.median(r[s] for r in first))
     peaks = Peaks(shape, bursts=[max(r.values()) for r in first])

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,10 @@ class Workload:
     batch: ScoringBatch
 
     def backend(self, **kwargs: Any) -> LocalBackend:
-        return LocalBackend(self.model, self.tokenizer, self.kind, model_id=self.name, **kwargs)
+        """A backend on this model; with ``compile=True`` on a copy of it, since compiling is in place
+        and the other backends keep running the eager model."""
+        model = copy.deepcopy(self.model) if kwargs.get("compile") else self.model
+        return LocalBackend(model, self.tokenizer, self.kind, model_id=self.name, **kwargs)
 
 
 def embedded(dtype: str, device: str = "cpu") -> Workload:

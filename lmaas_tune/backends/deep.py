@@ -21,8 +21,8 @@ state entering layer ``i`` for slot ``i``, over real (non-padding) positions onl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -68,6 +68,21 @@ def _replace(args: tuple[Any, ...], kwargs: dict[str, Any], h: torch.Tensor) -> 
 
 
 @contextmanager
+def pre_hooks(hooks: list[tuple[torch.nn.Module, Callable[..., Any]]]) -> Iterator[None]:
+    """Forward pre-hooks (``with_kwargs=True``) on the given layers for the block. Layers compiled by
+    ``torch.compile`` run eagerly meanwhile: a hook is a new closure on every call, and compiled
+    code guarded on it would recompile each time."""
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer, hook in hooks]
+    stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6; nothing is compiled before
+    try:
+        with stance("force_eager") if stance is not None else nullcontext():
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def inject(layers: list[torch.nn.Module], prompts: torch.Tensor | None, start: int | None) -> Iterator[None]:
     """Within the block, add ``prompts[r, i]`` to row ``r`` of the hidden state entering ``layers[i]``.
 
@@ -94,13 +109,8 @@ def inject(layers: list[torch.nn.Module], prompts: torch.Tensor | None, start: i
 
         return hook
 
-    handles = [layers[i].register_forward_pre_hook(hook_for(prompts[:, i]), with_kwargs=True)
-               for i in range(1, len(layers))]
-    try:
+    with pre_hooks([(layers[i], hook_for(prompts[:, i])) for i in range(1, len(layers))]):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def clipped_std(values: torch.Tensor) -> float:
@@ -119,12 +129,8 @@ def capture_layer_inputs(layers: list[torch.nn.Module]) -> Iterator[list[torch.T
     def grab(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         seen.append(_hidden(args, kwargs).detach())
 
-    handles = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in layers]
-    try:
+    with pre_hooks([(layer, grab) for layer in layers]):
         yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def layer_input_std(embeds: torch.Tensor, layer_inputs: list[torch.Tensor], mask: torch.Tensor) -> list[float]:

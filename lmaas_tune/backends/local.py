@@ -16,7 +16,6 @@ import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -109,8 +108,8 @@ class LocalBackend(Backend):
     run those text rows through :mod:`.fused_llama` where it supports the model (Llama architecture
     on a CPU), else through the model's own forward (README, "Speed", for what it gains and costs).
     ``compile`` (opt-in): compile the model's own layers with ``torch.compile`` (in place, on
-    ``model``; the first calls of each new shape pay the compilation). Passes that add deep prompts
-    through layer hooks run those layers eagerly.
+    ``model``; the first calls of each new shape pay the compilation). Passes with layer hooks (deep
+    prompts, the hidden-state probe; see :func:`.deep.pre_hooks`) run those layers eagerly.
     """
 
     def __init__(self, model: Any, tokenizer: Any, kind: ModelKind, *, model_id: str, token_budget: int = 2048,
@@ -210,11 +209,6 @@ class LocalBackend(Backend):
         """Whether the model's own layers run compiled (``torch.compile``)."""
         return self._compiled
 
-    def _eager_if(self, hooked: bool) -> AbstractContextManager[Any]:
-        """Run compiled layers eagerly within the block when ``hooked``: a pass with layer hooks
-        (deep prompts, hidden-state capture) would otherwise recompile on every call."""
-        return torch.compiler.set_stance("force_eager") if hooked and self._compiled else nullcontext()
-
     def encode(self, batch: ScoringBatch) -> EncodedBatch:
         """Tokenised form of a batch, cached by content hash (a few batches per run)."""
         enc = self._encoded.get(batch.key)
@@ -260,7 +254,7 @@ class LocalBackend(Backend):
 
     def _hidden_state_std_sync(self, batch: ScoringBatch) -> list[float]:
         enc = self.encode(batch)
-        with torch.inference_mode(), self._eager_if(True), capture_layer_inputs(self._layers) as seen:
+        with torch.inference_mode(), capture_layer_inputs(self._layers) as seen:
             embeds, mask = self._embed_rows([(n, 0) for n in range(len(enc.ids))], enc, skip=0)
             self._head_input(embeds, mask)
             return layer_input_std(embeds, seen, mask)
@@ -291,7 +285,7 @@ class LocalBackend(Backend):
                 f"tokens with a {plen}-token prompt (longest {int(lengths.max()) + plen}); drop them, "
                 f"shorten the texts, or use a shorter prompt"
             )
-        with torch.inference_mode(), self._eager_if(prompts is not None and prompts.ndim == 4):
+        with torch.inference_mode():
             prompt_t = None if prompts is None or plen == 0 else torch.from_numpy(prompts).to(self._device, self._dtype)
             deep, prompt_t = split_deep(prompt_t)  # a deep prompt's slot 0 is the input prompt; hooks add the rest
             with inject(self._layers, deep, enc.insert_at):  # the prefix pass holds the prompt positions
