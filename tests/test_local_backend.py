@@ -232,34 +232,60 @@ async def test_population_equals_one_by_one(any_backend: LocalBackend, token_bud
     assert not np.allclose(together[0], together[1], atol=1e-3)
 
 
+class _TokenCounter:
+    """Sequence positions of each forward pass through a model (``inputs_embeds``' second axis)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.lengths: list[int] = []
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, _module: object, _args: object, kwargs: dict) -> None:
+        self.lengths.append(int(kwargs["inputs_embeds"].shape[1]))
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
 @pytest.mark.parametrize("token_budget", [8192, 40])
-async def test_shared_prefix_equals_whole_sequences(causal_backend: LocalBackend, token_budget: int) -> None:
-    """Running each candidate's prompt once and the texts on its keys/values gives what running
-    every (example, candidate) row whole gives."""
+@pytest.mark.parametrize("head", ["", "Review: the film"])
+async def test_shared_prefix_equals_whole_sequences(causal_backend: LocalBackend, token_budget: int, head: str) -> None:
+    """Running each candidate's prompt once, with the template text every query starts with, and
+    the rest of the texts on its keys/values gives what running every (example, candidate) row whole
+    gives."""
     assert causal_backend.shares_prefix
     whole = LocalBackend(causal_backend.model, causal_backend.tokenizer, causal_backend.info.kind,
                          model_id="whole", token_budget=token_budget, share_prefix=False)
     shared = LocalBackend(causal_backend.model, causal_backend.tokenizer, causal_backend.info.kind,
                           model_id="shared", token_budget=token_budget, fused=False)
-    batch = _batch(causal_backend)
+    batch = _batch(causal_backend, tuple(f"{head} {t}".strip() for t in TEXTS))
+    enc = shared.encode(batch)
+    common = enc.shared_after_prompt
+    if head:  # the head's words, and no further: the texts differ right after it
+        assert common == len(causal_backend.tokenizer(head, add_special_tokens=False)["input_ids"]) >= 3
+    else:
+        assert common == 0
     prompts = _prompts(causal_backend, 4, 6, seed=21)
-    counter = _PassCounter(causal_backend.model)
+    counter = _TokenCounter(causal_backend.model)
     try:
         a = await whole.score(prompts, batch)
-        whole_passes, counter.passes = counter.passes, 0
+        whole_lengths, counter.lengths = counter.lengths, []
         b = await shared.score(prompts, batch)
-        shared_passes = counter.passes
+        shared_lengths = counter.lengths
     finally:
         counter.close()
         await whole.aclose()
         await shared.aclose()
     np.testing.assert_allclose(b, a, atol=1e-5, rtol=1e-5)
-    assert shared_passes == whole_passes + 1  # the one prefix pass; the text passes are the same
+    # the one prefix pass (leading special token, prompt, shared head); the same text passes, each
+    # shorter by the prompt and the head
+    assert shared_lengths[0] == enc.insert_at + 6 + common
+    assert [n - 6 - enc.insert_at - common for n in whole_lengths] == shared_lengths[1:]
     assert not np.allclose(b[0], b[1], atol=1e-3)
 
 
-@pytest.mark.parametrize("token_budget", [8192, 1, 40])
-async def test_fused_llama_equals_the_transformers_layers(llama_backend: LocalBackend, token_budget: int) -> None:
+@pytest.mark.parametrize(("token_budget", "head"), [(8192, ""), (1, ""), (40, ""), (40, "Review: the film")])
+async def test_fused_llama_equals_the_transformers_layers(llama_backend: LocalBackend, token_budget: int,
+                                                          head: str) -> None:
     """The fused path (lmaas_tune/backends/fused_llama.py) scores what the model's own layers score,
     calling the model only for the prefix pass; the tiny Llama has grouped key/value heads."""
     model, tok = llama_backend.model, llama_backend.tokenizer
@@ -267,7 +293,8 @@ async def test_fused_llama_equals_the_transformers_layers(llama_backend: LocalBa
     fused = LocalBackend(model, tok, ModelKind.CAUSAL, model_id="fused", token_budget=token_budget, fused=True)
     layers = LocalBackend(model, tok, ModelKind.CAUSAL, model_id="layers", token_budget=token_budget)
     assert fused.fused and not layers.fused  # opt-in
-    batch = _batch(llama_backend)
+    batch = _batch(llama_backend, tuple(f"{head} {t}".strip() for t in TEXTS))
+    assert (fused.encode(batch).shared_after_prompt > 0) == bool(head)
     prompts = _prompts(llama_backend, 4, 6, seed=5)
     counter = _PassCounter(model)
     try:

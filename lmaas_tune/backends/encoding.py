@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,17 @@ class EncodedBatch:
     @property
     def lengths(self) -> np.ndarray:
         return np.array([len(x) for x in self.ids], dtype=np.int64)
+
+    @cached_property
+    def shared_after_prompt(self) -> int:
+        """How many tokens right after the prompt slot every query starts with (a template's
+        leading text, such as ``Review:``), leaving each query at least its last token of its own."""
+        tails = [row[self.insert_at:] for row in self.ids]
+        limit = min(len(t) for t in tails) - 1
+        n = 0
+        while n < limit and all(t[n] == tails[0][n] for t in tails):
+            n += 1
+        return max(n, 0)
 
 
 def _plain_ids(tokenizer: Any, text: str) -> list[int]:

@@ -349,15 +349,21 @@ class LocalBackend(Backend):
         return self.shares_prefix and bool((enc.lengths > enc.insert_at).all())
 
     def _prefix_pass(self, enc: EncodedBatch, prompt_t: torch.Tensor) -> tuple[KeyValues, int] | None:
-        """Keys/values of ``[leading special token] + prompt`` for each candidate, in one pass.
+        """Keys/values of ``[leading special token] + prompt + [text every query starts with]`` for
+        each candidate, in one pass.
 
         ``None`` (and sharing switched off for this backend) if the model does not take a cache.
         """
         s, n_prompts = enc.insert_at, prompt_t.shape[0]
-        embeds = prompt_t
-        if s:
-            head = torch.tensor([enc.ids[0][:s]], device=self._device)
-            embeds = torch.cat([self._in_emb(head).expand(n_prompts, -1, -1), prompt_t], dim=1)
+        end = s + enc.shared_after_prompt
+
+        def tokens(ids: tuple[int, ...]) -> list[torch.Tensor]:
+            if not ids:
+                return []
+            return [self._in_emb(torch.tensor([ids], device=self._device)).expand(n_prompts, -1, -1)]
+
+        parts = [*tokens(enc.ids[0][:s]), prompt_t, *tokens(enc.ids[0][s:end])]
+        embeds = torch.cat(parts, dim=1) if len(parts) > 1 else prompt_t
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self._device)
         cache = empty_cache(self._model.config)
         try:
@@ -375,7 +381,7 @@ class LocalBackend(Backend):
     ) -> torch.Tensor:
         """As :meth:`_forward_chunk`, running only the text after the soft prompt on its stored prefix."""
         kv, width = prefix
-        s = enc.insert_at
+        s = enc.insert_at + enc.shared_after_prompt  # the prefix pass ran everything before this
         embeds, mask = self._embed_rows(chunk, enc, skip=s)
         p_idx = torch.tensor([p for _, p in chunk], device=self._device)
         positions = [int(enc.readout[n]) - s for n, _ in chunk]

@@ -1,14 +1,15 @@
 """Shared-prefix key/values for causal LMs.
 
 In a causal LM nothing before position t depends on what comes after it. A candidate's soft prompt
-(and the leading special token before it) is the same for every example it is scored on, so its
-keys and values are computed once per candidate, in one short pass over the whole population, and
-every (example, candidate) row then runs only its own text on top of the stored prefix.
+(with the leading special token before it, and the template text that every example starts with
+after it, such as ``Review:``) is the same for every example it is scored on, so its keys and
+values are computed once per candidate, in one short pass over the whole population, and every
+(example, candidate) row then runs only its own text on top of the stored prefix.
 
-For a population of P candidates on N examples with a prefix of s + L tokens, the soft-prompt
-positions go through the model P times instead of P * N times: the linear layers (almost all the
-FLOPs) shrink by the fraction (s + L) / (s + L + T) for texts of T tokens. Attention from the
-text to the prefix is unchanged.
+For a population of P candidates on N examples with a prefix of s + L + c tokens, those positions
+go through the model P times instead of P * N times: the linear layers (almost all the FLOPs)
+shrink by the fraction (s + L + c) / (s + L + T) for texts of T tokens (c of them shared).
+Attention from the text to the prefix is unchanged.
 
 The transformers cache classes changed shape across releases; the two functions here are the only
 place that knows about them.
