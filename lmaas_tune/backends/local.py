@@ -4,8 +4,9 @@ Soft prompts go in through ``inputs_embeds`` (no model patching). A whole popula
 batched passes: rows are (example, candidate) pairs sorted by length, packed under a token budget
 and right-padded to the longest row of their pass. Only the label-word rows of the output
 embedding are applied: a forward pre-hook on the output layer captures its input and stops the
-forward pass before the vocabulary-sized projection. For causal LMs the soft prompt's keys and
-values are computed once per candidate and shared by all its rows (:mod:`.prefix_cache`).
+forward pass before the vocabulary-sized projection. For causal LMs the keys and values of the soft
+prompt, and of the template text every query starts with, are computed once per candidate and
+shared by all its rows (:mod:`.prefix_cache`).
 """
 
 from __future__ import annotations
