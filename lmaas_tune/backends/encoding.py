@@ -33,11 +33,11 @@ class EncodedBatch:
         """How many tokens right after the prompt slot every query starts with (a template's
         leading text, such as ``Review:``), leaving each query at least its last token of its own."""
         tails = [row[self.insert_at:] for row in self.ids]
-        limit = min(len(t) for t in tails) - 1
+        limit = min((len(t) for t in tails), default=0) - 1
         n = 0
         while n < limit and all(t[n] == tails[0][n] for t in tails):
             n += 1
-        return max(n, 0)
+        return n
 
 
 def _plain_ids(tokenizer: Any, text: str) -> list[int]:
