@@ -190,14 +190,18 @@ async def test_masked_readout_ignores_batch_mates(masked_backend: LocalBackend) 
 
 
 class _PassCounter:
-    """Counts forward passes through a model (calls of its forward)."""
+    """Forward passes through a model: the sequence length (``inputs_embeds``' second axis) of each."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.passes = 0
-        self._handle = model.register_forward_pre_hook(self._hook)
+        self.lengths: list[int] = []
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, *_: object) -> None:
-        self.passes += 1
+    @property
+    def passes(self) -> int:
+        return len(self.lengths)
+
+    def _hook(self, _module: object, _args: object, kwargs: dict) -> None:
+        self.lengths.append(int(kwargs["inputs_embeds"].shape[1]))
 
     def close(self) -> None:
         self._handle.remove()
@@ -232,20 +236,6 @@ async def test_population_equals_one_by_one(any_backend: LocalBackend, token_bud
     assert not np.allclose(together[0], together[1], atol=1e-3)
 
 
-class _TokenCounter:
-    """Sequence positions of each forward pass through a model (``inputs_embeds``' second axis)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.lengths: list[int] = []
-        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
-
-    def _hook(self, _module: object, _args: object, kwargs: dict) -> None:
-        self.lengths.append(int(kwargs["inputs_embeds"].shape[1]))
-
-    def close(self) -> None:
-        self._handle.remove()
-
-
 @pytest.mark.parametrize("token_budget", [8192, 40])
 @pytest.mark.parametrize("head", ["", "Review: the film"])
 async def test_shared_prefix_equals_whole_sequences(causal_backend: LocalBackend, token_budget: int, head: str) -> None:
@@ -265,7 +255,7 @@ async def test_shared_prefix_equals_whole_sequences(causal_backend: LocalBackend
     else:
         assert common == 0
     prompts = _prompts(causal_backend, 4, 6, seed=21)
-    counter = _TokenCounter(causal_backend.model)
+    counter = _PassCounter(causal_backend.model)
     try:
         a = await whole.score(prompts, batch)
         whole_lengths, counter.lengths = counter.lengths, []

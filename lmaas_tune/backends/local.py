@@ -358,13 +358,11 @@ class LocalBackend(Backend):
         s, n_prompts = enc.insert_at, prompt_t.shape[0]
         end = s + enc.shared_after_prompt
 
-        def tokens(ids: tuple[int, ...]) -> list[torch.Tensor]:
-            if not ids:
-                return []
-            return [self._in_emb(torch.tensor([ids], device=self._device)).expand(n_prompts, -1, -1)]
+        def embed(ids: tuple[int, ...]) -> torch.Tensor:  # [n_prompts, len(ids), hidden]; ids may be empty
+            tokens = torch.tensor([ids], dtype=torch.long, device=self._device)
+            return self._in_emb(tokens).expand(n_prompts, -1, -1)
 
-        parts = [*tokens(enc.ids[0][:s]), prompt_t, *tokens(enc.ids[0][s:end])]
-        embeds = torch.cat(parts, dim=1) if len(parts) > 1 else prompt_t
+        embeds = torch.cat([embed(enc.ids[0][:s]), prompt_t, embed(enc.ids[0][s:end])], dim=1)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self._device)
         cache = empty_cache(self._model.config)
         try:
