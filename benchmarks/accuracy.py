@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from lmaas_tune.backends import LocalBackend
-from lmaas_tune.config import PRESETS
-from lmaas_tune.evaluation import evaluate_prompt
+from lmaas_tune.methods import PRESETS
+from lmaas_tune.tuning.evaluation import evaluate_prompt
 from lmaas_tune.tasks import get_task
-from lmaas_tune.tuner import BlackBoxTuner
+from lmaas_tune.tuning.tuner import BlackBoxTuner
 
 #: the initial prompt p0 (``--prompt-init``), chosen on the same train-pool dev sample as the templates
 #: (benchmarks/templates.py --init): the instruction a zero-shot reader would be given

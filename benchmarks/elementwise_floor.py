@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from lmaas_tune.backends.fused_llama import FusedLlama, rms_norm, rotate
+from lmaas_tune.backends.local.fused_llama import FusedLlama, rms_norm, rotate
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

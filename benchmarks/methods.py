@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from lmaas_tune.backends import LocalBackend
-from lmaas_tune.config import tune_config
-from lmaas_tune.evaluation import evaluate_prompt
+from lmaas_tune.methods import tune_config
+from lmaas_tune.tuning.evaluation import evaluate_prompt
 from lmaas_tune.tasks import get_task
-from lmaas_tune.tuner import BlackBoxTuner
+from lmaas_tune.tuning.tuner import BlackBoxTuner
 
 
 def _load(path: Path) -> list[dict[str, Any]]:

@@ -35,11 +35,11 @@ from lmaas_tune.backends.base import (
     Query,
     ScoringBatch,
 )
-from lmaas_tune.backends.ratelimit import EndpointLimits
-from lmaas_tune.backends.remote import RemoteBackend
-from lmaas_tune.backends.wire import encode_array
-from lmaas_tune.ledger import BudgetLedger
-from lmaas_tune.scheduler import PopulationScheduler
+from lmaas_tune.backends.remote.ratelimit import EndpointLimits
+from lmaas_tune.backends.remote.client import RemoteBackend
+from lmaas_tune.wire import encode_array
+from lmaas_tune.tuning.ledger import BudgetLedger
+from lmaas_tune.tuning.scheduler import PopulationScheduler
 from lmaas_tune.server import RunningServer, ServerConfig, create_app
 
 HIDDEN, PROMPT_LENGTH, POPSIZE = 64, 10, 20

@@ -39,7 +39,7 @@ from lmaas_tune.backends.base import (
     Query,
     ScoringBatch,
 )
-from lmaas_tune.backends.wire import encode_array, encode_batch
+from lmaas_tune.wire import encode_array, encode_batch
 from lmaas_tune.server import RunningServer, ServerConfig
 
 BATCH = ScoringBatch(tuple(Query(f"review number {i} : it was a {w} movie . It was")
@@ -146,7 +146,7 @@ def tiny_llama(directory: str) -> str:
 def open_backend(name: str, workdir: str) -> Backend:
     if name == "instant":
         return InstantBackend(max_concurrency=4)
-    from lmaas_tune.backends.local import LocalBackend
+    from lmaas_tune.backends.local.backend import LocalBackend
 
     model = tiny_llama(workdir) if name == "tiny" else name
     return LocalBackend.load(model, device="cpu", dtype="float32")

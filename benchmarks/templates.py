@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from lmaas_tune.backends import Backend, LocalBackend
-from lmaas_tune.evaluation import evaluate_prompt
+from lmaas_tune.tuning.evaluation import evaluate_prompt
 from lmaas_tune.methods import text_prompt
 from lmaas_tune.tasks import Example, Task, get_task
 

@@ -67,7 +67,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lmaas_tune.backends.base import ModelKind
-from lmaas_tune.backends.encoding import EncodedBatch, encode_batch, label_token_ids
+from lmaas_tune.backends.local.encoding import EncodedBatch, encode_batch, label_token_ids
 
 from workloads import WORKLOADS, Workload, build
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from lmaas_tune.backends.base import ModelKind, Query, ScoringBatch
-from lmaas_tune.backends.local import LocalBackend, pick_device, pick_dtype
-from lmaas_tune.evaluation import prepare
-from lmaas_tune.fewshot import FewShotSplit
+from lmaas_tune.backends.local.backend import LocalBackend, pick_device, pick_dtype
+from lmaas_tune.tuning.evaluation import prepare
+from lmaas_tune.tuning.fewshot import FewShotSplit
 from lmaas_tune.tasks import get_task
 
 WORKLOADS = ("embedded", "roberta-large-shaped")

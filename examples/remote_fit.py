@@ -17,12 +17,12 @@ import asyncio
 import time
 
 from lmaas_tune.backends import LocalBackend
-from lmaas_tune.backends.remote import RemoteBackend
+from lmaas_tune.backends.remote.client import RemoteBackend
 from lmaas_tune.cli.display import describe
-from lmaas_tune.config import PRESETS
+from lmaas_tune.methods import PRESETS
 from lmaas_tune.server import RunningServer, ServerConfig
 from lmaas_tune.tasks import get_task
-from lmaas_tune.tuner import BlackBoxTuner, FitResult, GenerationReport
+from lmaas_tune.tuning.tuner import BlackBoxTuner, FitResult, GenerationReport
 
 
 def show(event: object) -> None:

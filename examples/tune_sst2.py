@@ -10,10 +10,10 @@ import argparse
 import asyncio
 
 from lmaas_tune.backends import LocalBackend
-from lmaas_tune.config import PRESETS
-from lmaas_tune.evaluation import evaluate_prompt
+from lmaas_tune.methods import PRESETS
+from lmaas_tune.tuning.evaluation import evaluate_prompt
 from lmaas_tune.tasks import get_task
-from lmaas_tune.tuner import BlackBoxTuner, GenerationReport
+from lmaas_tune.tuning.tuner import BlackBoxTuner, GenerationReport
 
 
 def show(event: object) -> None:

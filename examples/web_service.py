@@ -45,11 +45,11 @@ from aiohttp import web
 
 from lmaas_tune import (Backend, BlackBoxTuner, BudgetSpent, DevChecked, FitResult, GenerationReport, LmaasTuneError,
                         LocalBackend, Retry, TaskSpec, TuneConfig)
-from lmaas_tune.evaluation import prepare, score_in_chunks
-from lmaas_tune.fewshot import FewShotSplit
+from lmaas_tune.tuning.evaluation import prepare, score_prompt
+from lmaas_tune.tuning.fewshot import FewShotSplit
 from lmaas_tune.tasks.data import Example
 from lmaas_tune.tasks.task import Task
-from lmaas_tune.workflows import model_record
+from lmaas_tune.runs.record import RunConfig
 
 log = logging.getLogger("web_service")
 
@@ -153,8 +153,8 @@ class TuningService:
             raise BadRequest(str(exc)) from None
         job = Job(job_id, task, config, home / "run")
         self.jobs[job_id] = job
-        run_info = {"task": spec.to_dict(), "model": model_record(self.backend.info), "service_job": job_id}
-        tuner = BlackBoxTuner(task, self.backend, config, run_dir=job.run_dir, run_info=run_info, evaluate_test=False)
+        record = RunConfig(tune=config, task=spec, notes={"service_job": job_id})
+        tuner = BlackBoxTuner(task, self.backend, config, run_dir=job.run_dir, record=record, evaluate_test=False)
         runner = asyncio.ensure_future(self._run(job, tuner))
         self.tasks.add(runner)
         runner.add_done_callback(self.tasks.discard)
@@ -188,7 +188,7 @@ class TuningService:
         field = job.task.format_for(self.backend.info.kind).template.fields[0]
         examples = [Example({field: t}, 0) for t in texts]
         data = await prepare(self.backend, job.task, examples, len(job.prompt), what="texts", on_long="error")
-        logits = await score_in_chunks(self.backend, job.prompt, data)
+        logits = await score_prompt(self.backend, job.prompt, data)
         return [int(i) for i in logits.argmax(-1)]
 
     async def close(self) -> None:

@@ -47,34 +47,36 @@ if TYPE_CHECKING:
     from .backends.base import Backend, BackendInfo, ModelKind, Query, ScoringBatch
     from .backends.local import LocalBackend
     from .backends.remote import RemoteBackend
-    from .config import METHOD_PRESETS, PRESETS, TuneConfig, tune_config
-    from .events import BudgetSpent, DevChecked, EventStream, Retry
-    from .evaluation import evaluate_prompt
-    from .fewshot import FewShotSplit
-    from .predict import Prediction, predict
+    from .methods import METHOD_PRESETS, PRESETS, TuneConfig, tune_config
     from .projection import Projection, ProjectionSpec
-    from .reports import RunReport, RunSummary, plot_runs, read_runs
-    from .tasks.catalog import TASKS, get_task
-    from .tasks.spec import TaskSpec
-    from .tasks.task import Task, custom_task
-    from .tuner import BlackBoxTuner, EvaluationProgress, FitResult, GenerationReport
+    from .runs import RunDirectory
+    from .runs.record import RunConfig
+    from .runs.reports import RunReport, RunSummary, plot_runs, read_runs
+    from .runs.results import Evaluation, FitResult
+    from .tasks import TASKS, Task, TaskSpec, custom_task, get_task
+    from .tuning.evaluation import evaluate_prompt
+    from .tuning.events import BudgetSpent, DevChecked, EvaluationProgress, EventStream, GenerationReport, Retry
+    from .tuning.fewshot import FewShotSplit
+    from .tuning.predict import Prediction, predict
+    from .tuning.tuner import BlackBoxTuner
 
 # name -> the module that defines it (imported on first access, see __getattr__)
 _LAZY: dict[str, str] = {
-    "BlackBoxTuner": ".tuner",
-    "FitResult": ".tuner",
-    "GenerationReport": ".tuner",
-    "EvaluationProgress": ".tuner",
-    "DevChecked": ".events",
-    "Retry": ".events",
-    "BudgetSpent": ".events",
-    "EventStream": ".events",
-    "TuneConfig": ".config",
-    "PRESETS": ".config",
-    "METHOD_PRESETS": ".config",
-    "tune_config": ".config",
-    "predict": ".predict",
-    "Prediction": ".predict",
+    "BlackBoxTuner": ".tuning.tuner",
+    "FitResult": ".runs.results",
+    "Evaluation": ".runs.results",
+    "GenerationReport": ".tuning.events",
+    "EvaluationProgress": ".tuning.events",
+    "DevChecked": ".tuning.events",
+    "Retry": ".tuning.events",
+    "BudgetSpent": ".tuning.events",
+    "EventStream": ".tuning.events",
+    "TuneConfig": ".methods",
+    "PRESETS": ".methods",
+    "METHOD_PRESETS": ".methods",
+    "tune_config": ".methods",
+    "predict": ".tuning.predict",
+    "Prediction": ".tuning.predict",
     "Backend": ".backends.base",
     "BackendInfo": ".backends.base",
     "ScoringBatch": ".backends.base",
@@ -82,19 +84,21 @@ _LAZY: dict[str, str] = {
     "ModelKind": ".backends.base",
     "LocalBackend": ".backends.local",
     "RemoteBackend": ".backends.remote",
-    "Task": ".tasks.task",
-    "custom_task": ".tasks.task",
-    "TaskSpec": ".tasks.spec",
-    "get_task": ".tasks.catalog",
-    "TASKS": ".tasks.catalog",
-    "FewShotSplit": ".fewshot",
+    "Task": ".tasks",
+    "custom_task": ".tasks",
+    "TaskSpec": ".tasks",
+    "get_task": ".tasks",
+    "TASKS": ".tasks",
+    "FewShotSplit": ".tuning.fewshot",
     "Projection": ".projection",
     "ProjectionSpec": ".projection",
-    "evaluate_prompt": ".evaluation",
-    "RunReport": ".reports",
-    "RunSummary": ".reports",
-    "read_runs": ".reports",
-    "plot_runs": ".reports",
+    "evaluate_prompt": ".tuning.evaluation",
+    "RunReport": ".runs.reports",
+    "RunSummary": ".runs.reports",
+    "read_runs": ".runs.reports",
+    "plot_runs": ".runs.reports",
+    "RunConfig": ".runs.record",
+    "RunDirectory": ".runs",
 }
 
 __all__ = [
@@ -107,7 +111,7 @@ __all__ = [
     "RunInterrupted", "RunReport", "RunSummary", "ScoringBatch", "ServerError", "Task", "TaskSpec", "TemplateError",
     "TuneConfig", "UnknownNameError", "VerbalizerError", "WireFormatError", "__version__", "custom_task",
     "evaluate_prompt", "get_task", "plot_runs", "read_runs",
-    "METHOD_PRESETS", "Prediction", "predict", "tune_config",
+    "METHOD_PRESETS", "Prediction", "predict", "tune_config", "Evaluation", "RunConfig", "RunDirectory",
 ]
 
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, WireFormatError
-from ..deep_projection import LAYER_SEED_STRIDE, DeepProjectionSpec
-from ..projection import DISTRIBUTIONS, ProjectionSpec
-from .base import BackendInfo, ModelKind, Query, ScoringBatch
+from .errors import ConfigError, WireFormatError
+from lmaas_tune.projection import LAYER_SEED_STRIDE, DeepProjectionSpec
+from lmaas_tune.projection import DISTRIBUTIONS, ProjectionSpec
+from lmaas_tune.backends.base import BackendInfo, ModelKind, Query, ScoringBatch
 
 PROTOCOL_VERSION = 1
 SUPPORTED_PROTOCOLS = (1,)

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh ""
-# p0 = the embeddings of an instruction (README, "Initial prompt p0"); drop --prompt-init for the paper's zeros
+# p0 = the embeddings of an instruction (docs/method.md, "Black-Box Tuning"); drop --prompt-init for the paper's zeros
 lmaas-tune fit --task sst2 --preset cpu --prompt-init $'Is the following movie review positive or negative?\n' "$@"

@@ -20,7 +20,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerFast
 
 from lmaas_tune.backends.base import ModelKind
-from lmaas_tune.backends.local import LocalBackend
+from lmaas_tune.backends.local.backend import LocalBackend
 
 #: words the tests rely on being single tokens in their leading-space form
 WORDS = ("great", "bad", "good", "terrible", "movie", "it", "was", "news", "yes", "no", "Yes", "No", "Maybe")

@@ -47,13 +47,19 @@ def checkpoint_doc(run_dir: Path) -> dict[str, Any]:
 
 
 class CliProcess:
-    """The installed ``lmaas-tune`` console script as a real process; its stderr read by a thread."""
+    """The installed ``lmaas-tune`` console script as a real process; its stderr read by a thread.
+
+    With ``LMAAS_TUNE_TEST_PAUSE=G:STAGE`` in ``env`` the same CLI runs through ``pause_cli.py``,
+    which stops at that point of the fit (see ``pause_points.py``) for the test to kill it there.
+    """
 
     def __init__(self, args: list[str], **env: str) -> None:
-        exe = shutil.which("lmaas-tune") or str(Path(sys.executable).parent / "lmaas-tune")
+        exe = [shutil.which("lmaas-tune") or str(Path(sys.executable).parent / "lmaas-tune")]
+        if "LMAAS_TUNE_TEST_PAUSE" in env:
+            exe = [sys.executable, str(Path(__file__).with_name("pause_cli.py"))]
         full_env = {k: v for k, v in os.environ.items() if k != "LMAAS_TUNE_TEST_PAUSE"}
         full_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env})
-        self.proc = subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        self.proc = subprocess.Popen([*exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=full_env)
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()

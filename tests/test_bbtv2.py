@@ -12,13 +12,13 @@ import pytest
 from remote_support import served, sentiment_task
 from resume_support import assert_same_outcome, checkpoint_doc, history
 
-from lmaas_tune.backends.local import LocalBackend
-from lmaas_tune.backends.remote import RemoteBackend
-from lmaas_tune.config import METHOD_PRESETS, PRESETS, TuneConfig, tune_config
-from lmaas_tune.deep_projection import DeepProjectionSpec
+from lmaas_tune.backends.local.backend import LocalBackend
+from lmaas_tune.backends.remote.client import RemoteBackend
+from lmaas_tune.methods import METHOD_PRESETS, PRESETS, TuneConfig, tune_config
+from lmaas_tune.projection import DeepProjectionSpec
 from lmaas_tune.errors import ConfigError
-from lmaas_tune.optimizers import LayerwiseCMAES
-from lmaas_tune.tuner import BlackBoxTuner, GenerationReport
+from lmaas_tune.methods.optimizers import LayerwiseCMAES
+from lmaas_tune.tuning.tuner import BlackBoxTuner, GenerationReport
 
 CFG = tune_config("paper", "bbtv2", prompt_length=2, intrinsic_dim=5, popsize=4, budget=24, k_shot=4, eval_every=8,
                   seed=11)

@@ -3,7 +3,7 @@
 A run is stopped at every point the checkpoint rule names (after the history line, after the
 optimiser file, between writing and renaming checkpoint.json, mid-generation by cancellation,
 before the final evaluation), resumed each time, and must end with exactly the result of an
-uninterrupted run with the same seed. Stops are injected through the checkpoint's test hook (here
+uninterrupted run with the same seed. Stops are injected at the named points of tests/pause_points.py (here
 raising or cancelling in-process; tests/test_resume_cli.py kills a real process instead).
 """
 
@@ -17,21 +17,23 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pause_points
 import pytest
 from remote_support import sentiment_task
 from resume_support import assert_same_outcome, checkpoint_doc, history
 
-from lmaas_tune import workflows
+from lmaas_tune.tuning import workflows
 from lmaas_tune.backends.factory import BackendSettings
-from lmaas_tune.backends.local import LocalBackend
-from lmaas_tune.checkpoint import load_checkpoint
-from lmaas_tune.config import TuneConfig
+from lmaas_tune.backends.local.backend import LocalBackend
+from lmaas_tune.runs.checkpoint import load_checkpoint
+from lmaas_tune.methods import TuneConfig
+from lmaas_tune.runs.record import RunConfig
 from lmaas_tune.errors import ConfigError, RunDirectoryError
-from lmaas_tune.optimizers import CMAES
-from lmaas_tune.runs import RunDirectory
+from lmaas_tune.methods.optimizers import CMAES
+from lmaas_tune.runs.directory import RunDirectory
 from lmaas_tune.tasks.spec import TaskSpec
 from lmaas_tune.tasks.task import Task
-from lmaas_tune.tuner import BlackBoxTuner, GenerationReport
+from lmaas_tune.tuning.tuner import BlackBoxTuner, GenerationReport
 
 pytestmark = pytest.mark.filterwarnings("ignore:Could not import matplotlib")
 
@@ -53,8 +55,7 @@ def stop_at(monkeypatch: pytest.MonkeyPatch, generation: int, stage: str, how: s
             else:
                 raise Crash(f"{at} {gen}")
 
-    monkeypatch.setattr("lmaas_tune.tuner.test_hook", hook)
-    monkeypatch.setattr("lmaas_tune.checkpoint.test_hook", hook)
+    pause_points.install(hook, monkeypatch.setattr)
 
 
 def tuner(task: Task, backend: LocalBackend, run_dir: Path) -> BlackBoxTuner:
@@ -162,6 +163,46 @@ async def test_workflow_resume_uses_the_stored_settings_and_checks_model_and_dat
     assert (again.dev, again.calls, again.test.value) == (result.dev, result.calls, result.test.value)
 
 
+async def test_a_run_directory_in_the_earlier_layout_resumes(
+        task: Task, llama_backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.json as the library wrote it before the typed record (no version, no baseline flag, a
+    caller's own key beside the stored ones) still resumes, to the uninterrupted result."""
+    want = await _reference(task, llama_backend, tmp_path / "reference")
+    run_dir = tmp_path / "run"
+    stop_at(monkeypatch, 4, "history")
+    with pytest.raises(Crash):
+        await tuner(task, llama_backend, run_dir).fit()
+    monkeypatch.undo()
+    written = json.loads((run_dir / "config.json").read_text("utf-8"))
+    spec = TaskSpec("custom", "{sentence} . It was {mask}", ("bad", "great"), str(tmp_path / "train.tsv"),
+                    str(tmp_path / "test.tsv"))
+    earlier = json.loads(json.dumps({"model": written["model"], "service_job": "job-7", "task": spec.to_dict(),
+                                     "tune": written["tune"]}))
+    (run_dir / "config.json").write_text(json.dumps(earlier, indent=2, sort_keys=True) + "\n", "utf-8")
+
+    run = RunDirectory.open(run_dir)
+    assert run.record.version == 1 and run.record.baseline is False and run.record.notes == {"service_job": "job-7"}
+    assert run.record.tune == CFG and run.record.task == spec
+    await BlackBoxTuner.resume(run, llama_backend, evaluate_manual=True)
+    assert_same_outcome(run_dir, want)
+    assert json.loads((run_dir / "config.json").read_text("utf-8")) == earlier  # a resume never rewrites the record
+
+
+def test_the_record_round_trips_and_refuses_what_it_cannot_read(tmp_path: Path) -> None:
+    spec = TaskSpec("sst2")
+    record = RunConfig(CFG, spec, BackendSettings("local", "tiny"), None, True, {"train": "ab"}, {"job": "x"})
+    assert RunConfig.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    with pytest.raises(ConfigError, match="record's own keys"):
+        RunConfig(CFG, notes={"tune": 1})
+    with pytest.raises(RunDirectoryError, match="format 2"):
+        RunConfig.from_dict({**record.to_dict(), "version": 2})
+    with pytest.raises(RunDirectoryError, match="does not describe a fit"):
+        RunConfig.from_dict({"task": spec.to_dict()})
+    (tmp_path / "config.json").write_text("{not json", "utf-8")
+    with pytest.raises(RunDirectoryError, match="corrupt"):
+        RunDirectory.open(tmp_path)
+
+
 async def test_a_new_fit_refuses_a_used_directory_and_names_resume(task: Task, llama_backend: LocalBackend,
                                                                    tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
@@ -239,7 +280,7 @@ async def test_checkpoint_corruption_is_refused_with_the_file_named(task: Task, 
 
 
 def test_rewind_history_cuts_a_torn_tail_and_refuses_a_short_or_corrupt_journal(tmp_path: Path) -> None:
-    run = RunDirectory.create(tmp_path / "r", {"a": 1})
+    run = RunDirectory.create(tmp_path / "r", RunConfig(TuneConfig()))
     for g in (1, 2, 3):
         run.append_history({"generation": g})
     with (run.path / "history.jsonl").open("a") as fh:

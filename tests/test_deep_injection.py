@@ -2,7 +2,7 @@
 
 The hand-built pass runs each model's own layer modules one by one and adds slot ``i`` of the
 deep prompt to the hidden state entering layer ``i`` at the prompt positions, exactly as the
-layout in :mod:`lmaas_tune.backends.deep` defines it; the hooked model must agree with it.
+layout in :mod:`lmaas_tune.backends.local.deep` defines it; the hooked model must agree with it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from lmaas_tune.backends.deep import capture_layer_inputs, clipped_std, find_layers, inject
+from lmaas_tune.backends.local.deep import capture_layer_inputs, clipped_std, find_layers, inject
 
 LAYERS, HIDDEN, L, START = 3, 32, 2, 1
 

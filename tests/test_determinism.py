@@ -16,19 +16,20 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import pause_points
 import pytest
 from remote_support import RecordingSleep, sentiment_task
 from resume_support import outcome
 from test_remote_faults import FaultInjector
 from test_remote_fit import assert_same_fit, fit
 
-from lmaas_tune.backends.local import LocalBackend
-from lmaas_tune.backends.remote import RemoteBackend
-from lmaas_tune.backends.retrying import RetryConfig
-from lmaas_tune.config import TuneConfig
+from lmaas_tune.backends.local.backend import LocalBackend
+from lmaas_tune.backends.remote.client import RemoteBackend
+from lmaas_tune.backends.remote.retrying import RetryConfig
+from lmaas_tune.methods import TuneConfig
 from lmaas_tune.server import RunningServer, ServerConfig, create_app
 from lmaas_tune.tasks.task import Task
-from lmaas_tune.tuner import BlackBoxTuner
+from lmaas_tune.tuning.tuner import BlackBoxTuner
 
 CFG = TuneConfig(prompt_length=3, intrinsic_dim=6, popsize=6, budget=36, k_shot=4, eval_every=12, seed=13)
 
@@ -90,7 +91,7 @@ async def test_resumed_at_another_concurrency(task: Task, llama_backend: LocalBa
         if (stage, generation) == ("history", 3):
             raise Crash  # the process "dies" here
 
-    monkeypatch.setattr("lmaas_tune.tuner.test_hook", crash)
+    pause_points.install(crash, monkeypatch.setattr)
     run_dir = tmp_path / "run"
     with pytest.raises(Crash):
         await BlackBoxTuner(task, llama_backend, CFG, run_dir=run_dir, concurrency=1).fit()

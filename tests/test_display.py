@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 
 from lmaas_tune.cli.display import Display
-from lmaas_tune.events import BudgetSpent, DevChecked, Retry
+from lmaas_tune.tuning.events import BudgetSpent, DevChecked, Retry
 
 
 def _shown(events: list[object], *, live: bool) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lmaas_tune.backends import LocalBackend, ModelKind
-from lmaas_tune.evaluation import evaluate_prompt, prepare, score_in_chunks
+from lmaas_tune.tuning.evaluation import evaluate_prompt, prepare, score_prompt
 from lmaas_tune.tasks import get_task
 
 pytestmark = pytest.mark.embedded
@@ -55,7 +55,7 @@ async def test_embedded_model_scores_sst2(embedded: LocalBackend) -> None:
     assert not np.allclose(tuned[0], tuned[1], atol=1e-3)
 
     # the same prompt alone, chunked differently, gives the same logits
-    alone = await score_in_chunks(embedded, prompts[1], data, chunk=3)
+    alone = await score_prompt(embedded, prompts[1], data, chunk=3)
     np.testing.assert_allclose(alone, tuned[1], atol=1e-4, rtol=1e-4)
 
     acc = float((plain[0].argmax(-1) == data.labels).mean())

@@ -20,7 +20,7 @@ from aiohttp import web
 from remote_support import NEG, POS, ThreadedServer
 from typer.testing import CliRunner
 
-from lmaas_tune.backends.local import LocalBackend
+from lmaas_tune.backends.local.backend import LocalBackend
 from lmaas_tune.cli import app
 
 runner = CliRunner()

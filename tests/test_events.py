@@ -17,13 +17,13 @@ from test_remote_fit import assert_same_fit
 
 from lmaas_tune import BudgetSpent, DevChecked, EvaluationProgress, FitResult, GenerationReport, Retry
 from lmaas_tune.backends.base import Backend, ScoringBatch
-from lmaas_tune.backends.local import LocalBackend
-from lmaas_tune.backends.ratelimit import EndpointLimits
-from lmaas_tune.backends.remote import RemoteBackend
-from lmaas_tune.config import TuneConfig
-from lmaas_tune.scheduler import RetryableError
+from lmaas_tune.backends.local.backend import LocalBackend
+from lmaas_tune.backends.remote.ratelimit import EndpointLimits
+from lmaas_tune.backends.remote.client import RemoteBackend
+from lmaas_tune.methods import TuneConfig
+from lmaas_tune.backends.traffic import record_retry, record_traffic
 from lmaas_tune.tasks.task import Task
-from lmaas_tune.tuner import BlackBoxTuner
+from lmaas_tune.tuning.tuner import BlackBoxTuner
 
 ROOT = Path(__file__).resolve().parents[1]
 # 5 generations of 6 (calls 6..30); dev checks at 12, 24 and 30
@@ -105,7 +105,8 @@ async def test_cancelled_fit_resumes_to_the_uninterrupted_result(llama_backend: 
 
 
 class FlakyBackend(WrappedBackend):
-    """The real backend, but its ``fail_on``-th score call fails once with a retryable error."""
+    """The real backend behind a flaky link: the ``fail_on``-th score call's first attempt fails, and
+    the backend retries it on its own (as the remote backend does), reporting the retry."""
 
     def __init__(self, inner: Backend, fail_on: int) -> None:
         super().__init__(inner)
@@ -114,7 +115,9 @@ class FlakyBackend(WrappedBackend):
     async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
         self.calls += 1
         if self.calls == self.fail_on:
-            raise RetryableError("service hiccup")
+            record_traffic(attempts=1, failures=1)
+            record_retry("service hiccup", 0.0)
+        record_traffic(attempts=1)
         return await self.inner.score(prompts, batch)
 
 

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from lmaas_tune.errors import DataError
-from lmaas_tune.fewshot import FewShotSplit
+from lmaas_tune.tuning.fewshot import FewShotSplit
 from lmaas_tune.tasks import Example, get_task
 
 

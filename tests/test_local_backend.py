@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from lmaas_tune.backends.base import ModelKind, Query, ScoringBatch
-from lmaas_tune.backends.encoding import label_token_ids
-from lmaas_tune.backends.local import LocalBackend
+from lmaas_tune.backends.local.encoding import label_token_ids
+from lmaas_tune.backends.local.backend import LocalBackend
 from lmaas_tune.errors import ConfigError, InputTooLongError, VerbalizerError
 
 WORDS = ("bad", "great")
@@ -324,7 +324,7 @@ async def test_fused_llama_in_bfloat16_tracks_float32(llama_dir) -> None:
 def test_fused_llama_only_where_it_computes_the_same(llama_backend, gpt2_backend, masked_backend, caplog) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmaas_tune.backends.fused_llama import fused_llama_supported
+    from lmaas_tune.backends.local.fused_llama import fused_llama_supported
 
     assert fused_llama_supported(llama_backend.model)
     assert not fused_llama_supported(gpt2_backend.model) and not fused_llama_supported(masked_backend.model)
@@ -395,7 +395,7 @@ def test_a_bare_space_piece_is_not_read_as_the_label(style: str, bytelevel_token
 
 
 def test_masked_encoding_without_mask_token_is_an_error(llama_backend: LocalBackend) -> None:
-    from lmaas_tune.backends.encoding import encode_batch
+    from lmaas_tune.backends.local.encoding import encode_batch
 
     with pytest.raises(VerbalizerError, match="mask"):
         encode_batch(llama_backend.tokenizer, ModelKind.MASKED, ScoringBatch((Query("it was"),), WORDS))
@@ -444,7 +444,7 @@ def test_tokenizer_limit_is_honoured(masked_backend: LocalBackend) -> None:
 
 
 async def test_prepare_drops_inputs_that_cannot_fit(any_backend: LocalBackend, tmp_path) -> None:
-    from lmaas_tune.evaluation import prepare
+    from lmaas_tune.tuning.evaluation import prepare
     from lmaas_tune.tasks import Example, custom_task
 
     task = custom_task(template="{sentence} . It was {mask}", label_words=WORDS, train="x.tsv", test="x.tsv")
@@ -539,7 +539,7 @@ async def test_score_does_not_block_the_event_loop(llama_backend: LocalBackend) 
 
 
 def test_auto_precision_follows_the_hardware() -> None:
-    from lmaas_tune.backends.local import cpu_has_native_bf16, pick_dtype
+    from lmaas_tune.backends.local.backend import cpu_has_native_bf16, pick_dtype
 
     cpu = torch.device("cpu")
     assert pick_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lmaas_tune.cli import app
 from lmaas_tune.errors import DataError
-from lmaas_tune.predict import parse_inputs
+from lmaas_tune.tuning.predict import parse_inputs
 
 runner = CliRunner()
 

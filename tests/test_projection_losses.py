@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lmaas_tune.errors import ConfigError, UnknownNameError
-from lmaas_tune.losses import LOSSES, cross_entropy, hinge, neg_accuracy, predictions
+from lmaas_tune.methods.losses import LOSSES, cross_entropy, hinge, neg_accuracy, predictions
 from lmaas_tune.projection import Projection, ProjectionSpec
 from lmaas_tune.tasks.metrics import METRICS, accuracy, f1
 

@@ -18,16 +18,16 @@ from resume_support import assert_same_outcome
 from test_remote_fit import assert_same_fit, fit
 from typer.testing import CliRunner
 
-from lmaas_tune.backends.local import LocalBackend
-from lmaas_tune.backends.remote import RemoteBackend
+from lmaas_tune.backends.local.backend import LocalBackend
+from lmaas_tune.backends.remote.client import RemoteBackend
 from lmaas_tune.cli import app
-from lmaas_tune.config import TuneConfig
+from lmaas_tune.methods import TuneConfig
 from lmaas_tune.errors import ConfigError
-from lmaas_tune.evaluation import evaluate_prompt
+from lmaas_tune.tuning.evaluation import evaluate_prompt
 from lmaas_tune.methods import text_prompt
 from lmaas_tune.projection import Projection
-from lmaas_tune.tuner import BlackBoxTuner, GenerationReport
-from lmaas_tune.workflows import SavedRun
+from lmaas_tune.tuning.tuner import BlackBoxTuner, GenerationReport
+from lmaas_tune.tuning.workflows import SavedRun
 
 TEXT = "is it good or bad ?"
 CFG = TuneConfig(prompt_length=8, intrinsic_dim=6, popsize=6, budget=30, k_shot=4, eval_every=12, seed=7,

@@ -38,8 +38,8 @@ def test_every_public_name_resolves() -> None:
     assert lmaas_tune.LmaasTuneError is errors.LmaasTuneError
 
     # lazily loaded names are the very objects their defining modules hold
-    assert lmaas_tune.BlackBoxTuner is importlib.import_module("lmaas_tune.tuner").BlackBoxTuner
-    assert lmaas_tune.RemoteBackend is importlib.import_module("lmaas_tune.backends.remote").RemoteBackend
+    assert lmaas_tune.BlackBoxTuner is importlib.import_module("lmaas_tune.tuning.tuner").BlackBoxTuner
+    assert lmaas_tune.RemoteBackend is importlib.import_module("lmaas_tune.backends.remote.client").RemoteBackend
     with pytest.raises(AttributeError, match="no_such_name"):
         lmaas_tune.no_such_name  # noqa: B018
 

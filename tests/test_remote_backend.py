@@ -14,10 +14,10 @@ from remote_support import CAUSAL_BATCH, MASKED_BATCH, NO_WAIT, GatedBackend, Re
 
 from lmaas_tune.backends.base import Query, ScoringBatch
 from lmaas_tune.backends.factory import BackendSettings, open_backend
-from lmaas_tune.backends.local import LocalBackend
-from lmaas_tune.backends.ratelimit import EndpointGate, EndpointLimits, TokenBucket
-from lmaas_tune.backends.remote import RemoteBackend, token_from_env
-from lmaas_tune.backends.retrying import RetryConfig, parse_retry_after
+from lmaas_tune.backends.local.backend import LocalBackend
+from lmaas_tune.backends.remote.ratelimit import EndpointGate, EndpointLimits, TokenBucket
+from lmaas_tune.backends.remote.client import RemoteBackend, token_from_env
+from lmaas_tune.backends.remote.retrying import RetryConfig, parse_retry_after
 from lmaas_tune.backends.traffic import metering
 from lmaas_tune.errors import (
     AuthenticationError,
@@ -27,9 +27,9 @@ from lmaas_tune.errors import (
     RemoteError,
     ServerError,
 )
-from lmaas_tune.ledger import BudgetLedger
+from lmaas_tune.tuning.ledger import BudgetLedger
 from lmaas_tune.projection import Projection, ProjectionSpec
-from lmaas_tune.scheduler import PopulationScheduler
+from lmaas_tune.tuning.scheduler import PopulationScheduler
 from lmaas_tune.server import RunningServer, ServerConfig, create_app
 
 
@@ -299,3 +299,44 @@ def test_error_tree_has_builtin_mixins() -> None:
     assert all(c.retryable for c in (RateLimitError, ServerError, RemoteTimeoutError, ConnectionLostError, BadResponseError))
     assert not RejectedError.retryable and not AuthenticationError.retryable
     assert ScoringBatch((Query("x"),), ("a",)).key  # sanity: the batch key is what travels
+
+
+async def test_test_scoring_runs_concurrently_and_is_recorded(llama_backend: LocalBackend, tmp_path) -> None:
+    """evaluate/test scoring goes through the scheduler: several requests in flight at once on a
+    remote backend, the logits those of one request at a time, and the ledger records it uncharged."""
+    from remote_support import sentiment_task
+
+    from lmaas_tune.tuning.evaluation import evaluate_prompt, prepare, score_prompt
+
+    seen = {"now": 0, "max": 0, "score": 0}
+
+    @web.middleware
+    async def count(request: web.Request, handler: object) -> web.StreamResponse:
+        scoring = request.path == "/v1/score"
+        seen["now"] += scoring
+        seen["max"] = max(seen["max"], seen["now"])
+        seen["score"] += scoring
+        try:
+            await asyncio.sleep(0.01)
+            return await handler(request)  # type: ignore[operator]
+        finally:
+            seen["now"] -= scoring
+
+    task = sentiment_task(tmp_path)
+    examples = task.load("test")
+    prompt = prompts(1, 2, llama_backend.info.hidden_size, seed=9)[0]
+    config = ServerConfig(port=0)
+    app = create_app(llama_backend, config)
+    app.middlewares.append(count)
+    async with RunningServer(llama_backend, config, app=app) as server:
+        async with RemoteBackend([server.url], limits=EndpointLimits(max_in_flight=4)) as remote:
+            data = await prepare(remote, task, examples, 2)
+            ledger = BudgetLedger.for_scoring()
+            got = await score_prompt(remote, prompt, data, chunk=2, ledger=ledger)
+            result = await evaluate_prompt(remote, task, examples, prompt, ledger=ledger)
+    assert seen["max"] > 1 and seen["score"] >= len(examples) // 2
+    assert (ledger.eval_calls, ledger.calls, ledger.uncharged_calls) == (2, 0, 0)
+    assert ledger.attempts >= len(examples) // 2 + 1 and ledger.bytes_up > 0
+    want = await llama_backend.score(prompt[None], data.batch)
+    np.testing.assert_allclose(got, want[0], atol=1e-5, rtol=1e-5)
+    assert result.n == len(examples)

@@ -24,11 +24,11 @@ from aiohttp import web
 from remote_support import RecordingSleep, sentiment_task, wait_until
 from test_remote_fit import assert_same_fit, fit
 
-from lmaas_tune.backends.local import LocalBackend
-from lmaas_tune.backends.remote import RemoteBackend, Timeouts
-from lmaas_tune.backends.retrying import RetryConfig
-from lmaas_tune.config import TuneConfig
-from lmaas_tune.fewshot import FewShotSplit
+from lmaas_tune.backends.local.backend import LocalBackend
+from lmaas_tune.backends.remote.client import RemoteBackend, Timeouts
+from lmaas_tune.backends.remote.retrying import RetryConfig
+from lmaas_tune.methods import TuneConfig
+from lmaas_tune.tuning.fewshot import FewShotSplit
 from lmaas_tune.server import RunningServer, ServerConfig, create_app
 
 CFG = TuneConfig(prompt_length=3, intrinsic_dim=6, popsize=6, budget=36, k_shot=4, eval_every=12, seed=11)
@@ -148,8 +148,10 @@ async def test_fit_survives_faults_with_the_fault_free_result_and_an_exact_ledge
     assert_same_fit(faulty, fault_free)
 
     # the ledger is exact: every HTTP attempt of the fit, every failed one retried, one charge per candidate
+    # (the fit's requests: train, dev checks and the final test scoring, all through the scheduler)
     ledger = faulty[0].ledger
-    fit_keys = (train_key, dev_key)
+    fit_keys = tuple(injector.seen)
+    assert {train_key, dev_key} < set(fit_keys) and ledger["eval_calls"] == 1
     assert ledger["calls"] == CFG.budget == injector.delivered_rows[train_key]
     assert ledger["attempts"] == sum(injector.seen[k] for k in fit_keys)
     assert ledger["failures"] == ledger["retries"] == sum(injector.faulted[k] for k in fit_keys)

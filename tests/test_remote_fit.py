@@ -20,13 +20,13 @@ from aiohttp import web
 from remote_support import served, sentiment_task
 
 from lmaas_tune.backends.base import Backend
-from lmaas_tune.backends.local import LocalBackend
-from lmaas_tune.backends.remote import RemoteBackend
-from lmaas_tune.config import TuneConfig
-from lmaas_tune.fewshot import FewShotSplit
+from lmaas_tune.backends.local.backend import LocalBackend
+from lmaas_tune.backends.remote.client import RemoteBackend
+from lmaas_tune.methods import TuneConfig
+from lmaas_tune.tuning.fewshot import FewShotSplit
 from lmaas_tune.server import RunningServer, ServerConfig, create_app
 from lmaas_tune.tasks.task import Task
-from lmaas_tune.tuner import BlackBoxTuner, FitResult, GenerationReport
+from lmaas_tune.tuning.tuner import BlackBoxTuner, FitResult, GenerationReport
 
 CFG = TuneConfig(prompt_length=3, intrinsic_dim=6, popsize=6, budget=30, k_shot=4, eval_every=12, seed=7)
 

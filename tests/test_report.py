@@ -13,7 +13,7 @@ from test_cli import TINY, _custom
 from typer.testing import CliRunner
 
 from lmaas_tune.cli import app
-from lmaas_tune.reports import plot_runs, read_runs
+from lmaas_tune.runs.reports import plot_runs, read_runs
 
 runner = CliRunner()
 SEEDS = (3, 4, 5)

@@ -2,7 +2,7 @@
 
 Every run here is compared with one uninterrupted run of the same command and seed (made in
 this process through CliRunner): the resumed run must end with exactly its result, best prompt,
-history and ledger. The kill points come from the checkpoint's test hook
+history and ledger. The kill points come from tests/pause_points.py
 (``LMAAS_TUNE_TEST_PAUSE``, which makes the process stop and wait at a named point) or from
 a progress line on stderr; no test depends on timing.
 """
@@ -13,6 +13,7 @@ import json
 import signal
 from pathlib import Path
 
+import pause_points
 import pytest
 from remote_support import sentiment_task
 from resume_support import CliProcess, assert_same_outcome, checkpoint_doc, history
@@ -135,3 +136,55 @@ def test_resume_refuses_options_that_change_the_result(reference: tuple[Path, di
     assert json.loads(res.stdout)["test"] == reference[1]["test"]
     res = runner.invoke(app, ["fit", "--resume", str(run_dir.parent / "nothing-here")])
     assert res.exit_code == 2 and "not a run directory" in res.output
+
+
+class _Crash(BaseException):
+    """Stands in for the process dying (BaseException: nothing may swallow it)."""
+
+
+def _stopped_run(command: list[str], run_dir: Path, monkeypatch: pytest.MonkeyPatch, generation: int = 4) -> None:
+    """A run stopped after ``generation``'s history line, made in this process."""
+    def crash(stage: str, gen: int) -> None:
+        if (stage, gen) == ("history", generation):
+            raise _Crash
+
+    pause_points.install(crash, monkeypatch.setattr)
+    with pytest.raises(_Crash):
+        runner.invoke(app, [*command, "--output", str(run_dir)])
+    monkeypatch.undo()
+
+
+def test_resume_command_takes_only_what_cannot_change_the_result(
+        command: list[str], reference: tuple[Path, dict[str, object]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = tmp_path / "run"
+    _stopped_run(command, run_dir, monkeypatch)
+    res = runner.invoke(app, ["resume", str(run_dir), "--budget", "80"])
+    assert res.exit_code == 2 and "No such option" in res.output and "--budget" in res.output
+    res = runner.invoke(app, ["resume", str(run_dir), "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    got, want = json.loads(res.stdout), reference[1]
+    assert {k: got[k] for k in ("dev", "test", "manual_prompt_test", "calls")} == \
+           {k: want[k] for k in ("dev", "test", "manual_prompt_test", "calls")}
+    assert got["ledger"]["eval_calls"] == 2  # the tuned and the manual prompt on the test set, uncharged
+    assert_same_outcome(run_dir, reference[0])
+
+
+def test_fit_resume_opens_the_record_once(command: list[str], reference: tuple[Path, dict[str, object]],
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmaas_tune.runs.record import RunConfig
+
+    run_dir = tmp_path / "run"
+    _stopped_run(command, run_dir, monkeypatch)
+    reads: list[Path] = []
+    read = RunConfig.read.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[RunConfig], directory: Path) -> RunConfig:
+        reads.append(directory)
+        return read(cls, directory)
+
+    monkeypatch.setattr(RunConfig, "read", classmethod(counted))
+    res = runner.invoke(app, ["fit", "--resume", str(run_dir), "--seed", "5", "--json"])
+    assert res.exit_code == 0, res.output
+    assert reads == [run_dir]
+    assert json.loads(res.stdout)["test"] == reference[1]["test"]

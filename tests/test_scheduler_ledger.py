@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from lmaas_tune.backends.base import Backend, BackendInfo, ModelKind, Query, ScoringBatch, check_prompts
-from lmaas_tune.config import PRESETS, TuneConfig
+from lmaas_tune.methods import PRESETS, TuneConfig
 from lmaas_tune.errors import (
     BackendError,
     BudgetExhaustedError,
@@ -26,15 +26,17 @@ from lmaas_tune.errors import (
     NonFiniteLossError,
     RunDirectoryError,
 )
-from lmaas_tune.fewshot import FewShotSplit
-from lmaas_tune.ledger import BudgetLedger
-from lmaas_tune.optimizers import CMAES
+from lmaas_tune.tuning.fewshot import FewShotSplit
+from lmaas_tune.tuning.ledger import BudgetLedger
+from lmaas_tune.methods.optimizers import CMAES
 from lmaas_tune.projection import Projection, ProjectionSpec
-from lmaas_tune.runs import RunDirectory
-from lmaas_tune.scheduler import PopulationScheduler, RetryableError, RetryPolicy
+from lmaas_tune.runs.directory import RunDirectory
+from lmaas_tune.backends.traffic import record_retry, record_traffic
+from lmaas_tune.runs.record import RunConfig
+from lmaas_tune.tuning.scheduler import PopulationScheduler
 from lmaas_tune.tasks import custom_task
 from lmaas_tune.tasks.task import Task
-from lmaas_tune.tuner import BlackBoxTuner, EvaluationProgress, GenerationReport
+from lmaas_tune.tuning.tuner import BlackBoxTuner, EvaluationProgress, GenerationReport
 
 HIDDEN = 8
 
@@ -46,21 +48,27 @@ def _unit_vector(text: str, size: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(size)
 
 
+class TransientError(BackendError):
+    """A failure worth another attempt, as a service client sees a 503."""
+
+
 class FakeBackend(Backend):
     """Logits ``[p, n, c] = mean_l(prompt[p, l]) . (q_n * w_c) + b_nc``, from hashes of the texts.
 
     Records every candidate it receives, per batch. ``jitter`` sleeps a random (seeded) moment
-    before answering so that concurrent chunks complete out of order; ``fail`` raises
-    :class:`RetryableError` on the first attempt of about a third of the distinct chunks.
+    before answering so that concurrent chunks complete out of order; ``fail`` makes the first
+    attempt of about a third of the distinct chunks fail with :class:`TransientError`. Like a real
+    service client, the fake retries on its own (up to ``attempts`` tries) and reports each
+    attempt, failure and retry through the traffic meter.
     """
 
     def __init__(self, *, max_concurrency: int = 1, max_prompts_per_call: int | None = None,
-                 jitter: bool = False, fail: bool = False, seed: int = 0) -> None:
+                 jitter: bool = False, fail: bool = False, seed: int = 0, attempts: int = 3) -> None:
         self._info = BackendInfo(
             model_id="fake", kind=ModelKind.CAUSAL, hidden_size=HIDDEN, num_layers=1, embedding_std=0.5,
             max_length=10_000, max_concurrency=max_concurrency, max_prompts_per_call=max_prompts_per_call,
         )
-        self.jitter, self.fail = jitter, fail
+        self.jitter, self.fail, self.attempts = jitter, fail, attempts
         self._rng = random.Random(seed)
         self._failed_once: set[str] = set()
         self.received: Counter[str] = Counter()  # candidates that reached score(), per batch key
@@ -87,6 +95,19 @@ class FakeBackend(Backend):
 
     async def score(self, prompts: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
         arr = check_prompts(prompts, self._info)
+        for attempt in range(1, self.attempts + 1):
+            record_traffic(attempts=1)
+            try:
+                return await self.answer(arr, batch)
+            except TransientError as exc:
+                record_traffic(failures=1)
+                if attempt == self.attempts:
+                    raise
+                record_retry(str(exc), 0.0)  # tests do not sleep between tries
+        raise AssertionError("unreachable")
+
+    async def answer(self, arr: np.ndarray | None, batch: ScoringBatch) -> np.ndarray:
+        """One attempt."""
         n = 1 if arr is None else len(arr)
         self.received[batch.key] += n
         self.starts.append((batch.key, self.received[batch.key]))
@@ -99,18 +120,12 @@ class FakeBackend(Backend):
                 if digest not in self._failed_once and int(digest[:4], 16) % 3 == 0:
                     self._failed_once.add(digest)
                     self.failed[batch.key] += n
-                    raise RetryableError("injected transient failure")
+                    raise TransientError("injected transient failure")
             out = self.logits(arr, batch)
         finally:
             self.in_flight -= 1
         self.scored[batch.key] += n
         return out
-
-
-@pytest.fixture(autouse=True)
-def _no_retry_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries back off with real sleeps; the tests patch the delay instead of sleeping."""
-    monkeypatch.setattr(RetryPolicy, "delay", lambda self, attempt: 0.0)
 
 
 def _write_task(tmp_path: Path, per_class: int = 12) -> Task:
@@ -217,15 +232,15 @@ async def test_retries_are_not_charged_twice() -> None:
 
 async def test_exhausted_retries_charge_nothing() -> None:
     class AlwaysFails(FakeBackend):
-        async def score(self, prompts, batch):
-            self.received[batch.key] += len(prompts)
-            raise RetryableError("down")
+        async def answer(self, arr, batch):
+            self.received[batch.key] += len(arr)
+            raise TransientError("down")
 
-    backend = AlwaysFails()
+    backend = AlwaysFails(attempts=3)
     ledger = BudgetLedger(10)
-    sched = PopulationScheduler(backend, ledger, retry=RetryPolicy(attempts=3))
+    sched = PopulationScheduler(backend, ledger)
     ledger.reserve(4)
-    with pytest.raises(RetryableError):
+    with pytest.raises(TransientError):
         await sched.evaluate(_population(4), _batch())
     assert (ledger.calls, ledger.reserved, ledger.remaining) == (0, 0, 10)
     assert (ledger.attempts, ledger.retries, ledger.failures) == (3, 2, 3)
@@ -437,15 +452,16 @@ async def test_fit_end_to_end_writes_the_run_directory(tmp_path: Path, llama_bac
     task = _write_task(tmp_path)
     cfg = TuneConfig(prompt_length=2, intrinsic_dim=8, popsize=4, budget=14, k_shot=2, eval_every=8, seed=3)
     run_dir = tmp_path / "run"
-    result, reports, events = await _fit(task, llama_backend, cfg, run_dir=run_dir, run_info={"model": "tiny-llama"})
+    result, reports, events = await _fit(task, llama_backend, cfg, run_dir=run_dir,
+                                          record=RunConfig(cfg, notes={"label": "tiny-llama"}))
 
     assert result.calls == 14 and result.run_dir == run_dir
     run = RunDirectory.open(run_dir)
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "best.json", "best_prompt.npy", "checkpoint-cma-000004.pkl", "checkpoint.json", "config.json",
         "history.jsonl", "result.json"]
-    config = run.config
-    assert config["model"] == "tiny-llama" and TuneConfig.from_dict(config["tune"]) == cfg
+    record = run.record
+    assert record.notes["label"] == "tiny-llama" and record.tune == cfg
 
     history = run.history()
     assert len(history) == len(reports) == 4  # 4 + 4 + 4 + 2 calls
@@ -486,7 +502,7 @@ async def test_fit_end_to_end_writes_the_run_directory(tmp_path: Path, llama_bac
 def test_run_directory_errors_and_torn_history(tmp_path: Path) -> None:
     with pytest.raises(RunDirectoryError, match="not a run directory"):
         RunDirectory.open(tmp_path)
-    run = RunDirectory.create(tmp_path / "r", {"a": 1})
+    run = RunDirectory.create(tmp_path / "r", RunConfig(TuneConfig()))
     with pytest.raises(RunDirectoryError, match="missing"):
         run.result
     run.append_history({"generation": 1})

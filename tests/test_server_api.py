@@ -13,8 +13,8 @@ import pytest
 from remote_support import CAUSAL_BATCH, GatedBackend, post_json, prompts, served, wait_until
 
 from lmaas_tune.backends.base import Query, ScoringBatch
-from lmaas_tune.backends.local import LocalBackend
-from lmaas_tune.backends.wire import encode_array, encode_batch, encode_spec
+from lmaas_tune.backends.local.backend import LocalBackend
+from lmaas_tune.wire import encode_array, encode_batch, encode_spec
 from lmaas_tune.errors import ConfigError
 from lmaas_tune.projection import Projection, ProjectionSpec
 from lmaas_tune.server import ServerConfig, is_loopback, resolve_token

@@ -9,7 +9,7 @@ import pytest
 from remote_support import CAUSAL_BATCH, GatedBackend, prompts, wait_until
 
 from lmaas_tune.backends.base import Query, ScoringBatch
-from lmaas_tune.backends.local import LocalBackend
+from lmaas_tune.backends.local.backend import LocalBackend
 from lmaas_tune.errors import InputTooLongError
 from lmaas_tune.server.batching import DynamicBatcher, QueueFullError, ShuttingDownError
 

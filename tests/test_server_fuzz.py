@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from remote_support import CAUSAL_BATCH, ThreadedServer
 
 from lmaas_tune.backends.base import ModelKind
-from lmaas_tune.backends.local import LocalBackend
-from lmaas_tune.backends.wire import encode_array, encode_batch
+from lmaas_tune.backends.local.backend import LocalBackend
+from lmaas_tune.wire import encode_array, encode_batch
 from lmaas_tune.errors import WireFormatError
 from lmaas_tune.server import ServerConfig
 from lmaas_tune.server.decoding import decode_batch_for, decode_score

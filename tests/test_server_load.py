@@ -12,7 +12,7 @@ from pathlib import Path
 
 from remote_support import ThreadedServer
 
-from lmaas_tune.backends.local import LocalBackend
+from lmaas_tune.backends.local.backend import LocalBackend
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "server_load.py"
 

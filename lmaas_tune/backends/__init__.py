@@ -1,10 +1,30 @@
-"""Backends: where candidate prompts get scored."""
+"""Backends: where candidate prompts get scored.
+
+:mod:`.base` is the contract every backend keeps (and its value types), :mod:`.factory` builds one
+from stored settings by name, :mod:`.traffic` is how a backend reports what a call cost on the
+wire. The implementations live in :mod:`.local` (a model in this process) and :mod:`.remote` (an
+HTTP service); they load on first access, so importing this package loads neither torch nor aiohttp.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from .base import Backend, BackendInfo, ModelKind, Query, ScoringBatch
-from .local import LocalBackend
-from .models import DEFAULT_MODEL, EMBEDDED, resolve_model
 
-__all__ = [
-    "DEFAULT_MODEL", "EMBEDDED", "Backend", "BackendInfo", "LocalBackend", "ModelKind", "Query",
-    "ScoringBatch", "resolve_model",
-]
+if TYPE_CHECKING:
+    from .local import DEFAULT_MODEL, EMBEDDED, LocalBackend, resolve_model
+    from .remote import RemoteBackend
+
+_LAZY = {"LocalBackend": ".local", "DEFAULT_MODEL": ".local", "EMBEDDED": ".local", "resolve_model": ".local",
+         "RemoteBackend": ".remote"}
+
+__all__ = ["DEFAULT_MODEL", "EMBEDDED", "Backend", "BackendInfo", "LocalBackend", "ModelKind", "Query",
+           "RemoteBackend", "ScoringBatch", "resolve_model"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)

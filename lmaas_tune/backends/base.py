@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..deep_projection import DeepProjection
-    from ..projection import Projection
+    from lmaas_tune.projection import DeepProjection
+    from lmaas_tune.projection import Projection
 
 
 class ModelKind(str, Enum):
@@ -142,14 +142,14 @@ class Backend(abc.ABC):
         """Deep-prompt backends: per layer slot, the 3-sigma-clipped std of the tensor its prompt is
         added to (input embeddings for slot 0, the hidden state entering layer i for slot i), over
         the real tokens of ``batch`` with the manual template. BBTv2 scales its projections with it."""
-        from ..errors import ConfigError
+        from lmaas_tune.errors import ConfigError
 
         raise ConfigError(f"{self.info.model_id} on this backend does not take deep prompts")
 
     async def embed_text(self, text: str) -> np.ndarray:
         """The model's input embeddings of ``text``'s tokens (no special tokens), ``[tokens, hidden]``
         float32: what an initial prompt p0 made from real words is (``--prompt-init``)."""
-        from ..errors import ConfigError
+        from lmaas_tune.errors import ConfigError
 
         raise ConfigError(f"{self.info.model_id} on this backend cannot embed text for --prompt-init; "
                           f"use the local backend or an lmaas-tune service, or leave --prompt-init out")
@@ -178,7 +178,7 @@ def check_prompts(prompts: np.ndarray | None, info: BackendInfo) -> np.ndarray |
 
     Deep prompts ``[P, N, L, D]`` pass when the backend takes them and ``N`` is its layer count.
     """
-    from ..errors import ConfigError
+    from lmaas_tune.errors import ConfigError
 
     if prompts is None:
         return None

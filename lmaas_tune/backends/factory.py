@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..registry import Registry
+from lmaas_tune.registry import Registry
 from .base import Backend
-from .models import DEFAULT_MODEL
+from lmaas_tune.backends.local.models import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class BackendSettings:
 
 
 def _local(settings: BackendSettings) -> Backend:
-    from .local import LocalBackend
+    from lmaas_tune.backends.local.backend import LocalBackend
 
     return LocalBackend.load(
         settings.model, device=settings.device, dtype=settings.dtype, kind=settings.kind,
@@ -58,8 +58,8 @@ def _local(settings: BackendSettings) -> Backend:
 
 
 def _remote(settings: BackendSettings) -> Backend:
-    from .ratelimit import EndpointLimits
-    from .remote import RemoteBackend, Timeouts, token_from_env
+    from lmaas_tune.backends.remote.ratelimit import EndpointLimits
+    from lmaas_tune.backends.remote.client import RemoteBackend, Timeouts, token_from_env
 
     return RemoteBackend.open(
         settings.endpoints, token=token_from_env(settings.token_env), upload=settings.upload,

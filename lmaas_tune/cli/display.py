@@ -7,8 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..events import BudgetSpent, Retry
-from ..tuner import EvaluationProgress, Event, GenerationReport
+from lmaas_tune.tuning.events import BudgetSpent, EvaluationProgress, Event, GenerationReport, Retry
 
 
 def _fmt(x: float | None) -> str:

@@ -15,7 +15,7 @@ import signal
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from .errors import RunInterrupted
+from lmaas_tune.errors import RunInterrupted
 
 T = TypeVar("T")
 

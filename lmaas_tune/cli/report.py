@@ -1,4 +1,4 @@
-"""``lmaas-tune report``: a table of runs and a PNG of their curves (a shell over :mod:`lmaas_tune.reports`)."""
+"""``lmaas-tune report``: a table of runs and a PNG of their curves (a shell over :mod:`lmaas_tune.runs.reports`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ConfigError
-from ..reports import Plot, RunReport, plot_runs, read_runs
+from lmaas_tune.errors import ConfigError
+from lmaas_tune.runs.reports import Plot, RunReport, plot_runs, read_runs
 from .app import app, handled, out
 
 

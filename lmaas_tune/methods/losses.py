@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .registry import Registry
+from lmaas_tune.registry import Registry
 
 Loss = Callable[[np.ndarray, np.ndarray], np.ndarray]
 LOSSES: Registry[Loss] = Registry("loss")

@@ -2,9 +2,9 @@
 
 A deep candidate is one flat vector of ``N * d`` numbers, layer slot ``i`` owning
 ``z[i*d:(i+1)*d]``; slot ``i``'s prompt is ``A_i z_i`` (``L x D``), and the whole candidate is the
-deep prompt ``[N, L, D]`` (layout: :mod:`lmaas_tune.backends.deep`).
+deep prompt ``[N, L, D]`` (layout: :mod:`lmaas_tune.backends.local.deep`).
 
-Each ``A_i`` is a :class:`~lmaas_tune.projection.Projection` with its own seed and scale:
+Each ``A_i`` is a :class:`~lmaas_tune.projection.flat.Projection` with its own seed and scale:
 seed ``seed + (i + 1) * 2**64`` (distinct from every plain BBT projection and from every other
 slot, for seeds below ``2**64``), scale from the slot's measured hidden-state std (DESIGN §1):
 ``alpha * std_i / (sqrt(d) * sigma0)`` for the normal distribution, ``1/sqrt(d)`` for uniform.
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .projection import DISTRIBUTIONS, Projection, ProjectionSpec
+from lmaas_tune.errors import ConfigError
+from .flat import DISTRIBUTIONS, Projection, ProjectionSpec
 
 LAYER_SEED_STRIDE = 2**64
 
@@ -117,3 +117,8 @@ def build_projection(spec: ProjectionSpec | DeepProjectionSpec, base: np.ndarray
             raise ConfigError("a deep projection takes no initial prompt")
         return DeepProjection(spec)
     return Projection(spec, base)
+
+
+#: a projection spec or projection of either kind, as the fit loop and the run directory handle them
+AnySpec = ProjectionSpec | DeepProjectionSpec
+AnyProjection = Projection | DeepProjection

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import ConfigError
-from .registry import Registry
+from lmaas_tune.errors import ConfigError
+from lmaas_tune.registry import Registry
 
 
 @dataclass(frozen=True)

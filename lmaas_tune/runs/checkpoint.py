@@ -15,14 +15,6 @@ loop state (the best prompt and its dev score, the candidate waiting for the nex
 that check is due, the best train loss), the optimiser's JSON state (its RNG included) with the
 name and SHA-256 of its state file, the projection spec, and ``status`` (``running`` or
 ``interrupted``, with what stopped it).
-
-**Test hook** (for the crash tests only; unset in normal use): ``LMAAS_TUNE_TEST_PAUSE=G:STAGE``
-makes the process print ``LMAAS_TUNE_TEST_PAUSED STAGE G`` to stderr and sleep at that point of
-generation ``G``, so a test can SIGKILL it there. Stages, in order: ``history`` (record appended,
-nothing else written), ``optimizer`` (state file written, ``checkpoint.json`` not),
-``commit`` (the new ``checkpoint.json`` written and fsynced under its temporary name, not yet
-renamed), ``evaluate`` (generation ``G`` was the last one and is committed; the final test
-evaluation has not started).
 """
 
 from __future__ import annotations
@@ -31,22 +23,27 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import ConfigError, RunDirectoryError
-from .ledger import BudgetLedger
-from .optimizers.base import Optimizer
-from .deep_projection import DeepProjectionSpec, spec_from_dict
-from .projection import ProjectionSpec
-from .runs import RunDirectory, atomic_write
+from lmaas_tune.errors import ConfigError, RunDirectoryError
+from lmaas_tune.methods.optimizers.base import Optimizer
+from lmaas_tune.projection import AnySpec, spec_from_dict
+
+from .atomic import atomic_write
+from .directory import RunDirectory
+
+
+class BudgetLedger(Protocol):
+    """The budget ledger as a checkpoint sees it (:class:`lmaas_tune.tuning.ledger.BudgetLedger`)."""
+
+    def to_dict(self) -> dict[str, int]: ...
+
+    def restore(self, saved: dict[str, int]) -> None: ...
 
 log = logging.getLogger("lmaas_tune")
 
@@ -54,16 +51,6 @@ CHECKPOINT = "checkpoint.json"
 FORMAT = 1
 _STATE_FILE = re.compile(r"checkpoint-cma-\d{6}\.pkl")
 _COUNTERS = ("calls", "attempts", "retries", "failures", "uncharged_calls", "bytes_up", "bytes_down")
-TEST_PAUSE_ENV = "LMAAS_TUNE_TEST_PAUSE"
-
-
-def test_hook(stage: str, generation: int) -> None:
-    """Pause here if ``LMAAS_TUNE_TEST_PAUSE`` names this generation and stage (see the module docstring)."""
-    wanted = os.environ.get(TEST_PAUSE_ENV)
-    if not wanted or wanted != f"{generation}:{stage}":
-        return
-    print(f"LMAAS_TUNE_TEST_PAUSED {stage} {generation}", file=sys.stderr, flush=True)
-    time.sleep(300)  # the test kills the process long before this ends
 
 
 def _num(x: float | None) -> float | None:
@@ -119,16 +106,15 @@ class LoopState:
 
 
 def save_checkpoint(run: RunDirectory, state: LoopState, ledger: BudgetLedger, optimizer: Optimizer,
-                    projection: ProjectionSpec | DeepProjectionSpec, discarded: dict[str, int]) -> dict[str, Any]:
+                    projection: AnySpec, discarded: dict[str, int]) -> dict[str, Any]:
     """Commit the state after ``state.generation`` (see the module docstring); returns what was written."""
     opt_state, blob = optimizer.checkpoint()
     name = f"checkpoint-cma-{state.generation:06d}.pkl"
     atomic_write(run.path / name, blob)
-    test_hook("optimizer", state.generation)
     doc = {"format": FORMAT, "status": "running", "generation": state.generation, "loop": state.to_dict(),
            "ledger": ledger.to_dict(), "projection": projection.to_dict(), "discarded": dict(discarded),
            "optimizer": {"file": name, "sha256": hashlib.sha256(blob).hexdigest(), "state": opt_state}}
-    _write(run, doc, hook=lambda: test_hook("commit", state.generation))
+    _write(run, doc)
     run.remove_leftovers(keep={name})
     return doc
 
@@ -143,9 +129,9 @@ def mark_stopped(run: RunDirectory, doc: dict[str, Any], ledger: BudgetLedger, r
         log.warning("could not mark the checkpoint as interrupted (%s); it stays valid", exc)
 
 
-def _write(run: RunDirectory, doc: dict[str, Any], hook: Any = None) -> None:
+def _write(run: RunDirectory, doc: dict[str, Any]) -> None:
     data = (json.dumps(doc, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
-    atomic_write(run.path / CHECKPOINT, data, before_replace=hook)
+    atomic_write(run.path / CHECKPOINT, data)
 
 
 @dataclass(frozen=True)
@@ -164,7 +150,7 @@ class Checkpoint:
     def discarded(self) -> dict[str, int]:
         return {k: int(self.doc["discarded"].get(k, 0)) for k in _COUNTERS}
 
-    def projection(self, rebuilt: ProjectionSpec | DeepProjectionSpec) -> ProjectionSpec | DeepProjectionSpec:
+    def projection(self, rebuilt: AnySpec) -> AnySpec:
         """The run's projection spec, checked against the one ``rebuilt`` for the model at hand.
 
         The scale derives from the model's embedding std, which another device may compute a few

@@ -2,7 +2,7 @@
 
 Layout::
 
-    config.json        what was run (task spec, model, tuning settings); written once
+    (record)           what was run (task, model, tuning settings): :mod:`.record`; written once
     history.jsonl      one JSON object per generation, appended and fsynced
     best.json          the best prompt so far: z, the projection that rebuilds it, its scores
     best_prompt.npy    the same prompt as an L x D float32 array (np.load, no pickle)
@@ -20,64 +20,37 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import RunDirectoryError
+from lmaas_tune.errors import RunDirectoryError
 
-CONFIG, HISTORY, BEST, BEST_PROMPT, RESULT = "config.json", "history.jsonl", "best.json", "best_prompt.npy", "result.json"
+from .atomic import atomic_write
+from .record import CONFIG, RunConfig
+
+HISTORY, BEST, BEST_PROMPT, RESULT = "history.jsonl", "best.json", "best_prompt.npy", "result.json"
 INITIAL_PROMPT = "initial_prompt.npy"
 _TEMPORARY = tuple(f".{name}." for name in (CONFIG, BEST, BEST_PROMPT, RESULT, INITIAL_PROMPT)) + (".checkpoint",)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, *, before_replace: Callable[[], None] | None = None) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync it, rename it over ``path``.
-
-    ``before_replace`` runs between the fsync and the rename (the checkpoint's test hook).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 class RunDirectory:
-    """Reads and writes one run's files. Writes are atomic; the history is append-only."""
+    """One run's files. Writes are atomic; the history is append-only.
 
-    def __init__(self, path: str | Path) -> None:
+    :meth:`open` reads the run's :class:`~.record.RunConfig` once and keeps it as :attr:`record`;
+    hand the opened object on rather than opening the directory again.
+    """
+
+    def __init__(self, path: str | Path, record: RunConfig | None = None) -> None:
         self.path = Path(path)
+        self._record = record
 
     @classmethod
-    def create(cls, path: str | Path, config: dict[str, Any]) -> "RunDirectory":
+    def create(cls, path: str | Path, record: RunConfig) -> "RunDirectory":
         """A new run in ``path``, which must not exist yet or be an empty directory."""
-        run = cls(path)
-        if (run.path / CONFIG).exists():
+        run = cls(path, record)
+        if RunConfig.exists(run.path):
             raise RunDirectoryError(
                 f"{run.path} already holds a run; continue it with `lmaas-tune fit --resume {run.path}`, "
                 f"or choose another --output"
@@ -92,15 +65,21 @@ class RunDirectory:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirectoryError(f"cannot create {run.path} ({exc.strerror or exc}); choose another --output") from None
-        run.write_json(CONFIG, config)
+        record.write(run.path)
         return run
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDirectory":
-        run = cls(path)
-        if not (run.path / CONFIG).is_file():
-            raise RunDirectoryError(f"{run.path} is not a run directory (no {CONFIG}); pass the --output of a fit")
-        return run
+        """The run in ``path``, its record read (a :class:`RunDirectoryError` if it holds none)."""
+        path = Path(path)
+        return cls(path, RunConfig.read(path))
+
+    @property
+    def record(self) -> RunConfig:
+        """What the run is (task, settings, model): read once by :meth:`open`, or given to :meth:`create`."""
+        if self._record is None:
+            self._record = RunConfig.read(self.path)
+        return self._record
 
     @property
     def finished(self) -> bool:
@@ -118,10 +97,6 @@ class RunDirectory:
             return json.loads(p.read_text("utf-8"))
         except ValueError as exc:
             raise RunDirectoryError(f"{p} is corrupt ({exc})") from exc
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.read_json(CONFIG)
 
     def append_history(self, record: dict[str, Any]) -> None:
         with (self.path / HISTORY).open("a", encoding="utf-8") as fh:

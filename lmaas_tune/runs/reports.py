@@ -1,7 +1,7 @@
 """Run directories read back for people: one summary per run, the curves worth plotting, a PNG.
 
-:func:`read_run` reads what a run directory holds (``config.json``, ``history.jsonl``,
-``result.json``, the ledger in ``checkpoint.json``; see :mod:`lmaas_tune.runs`) into a
+:func:`read_run` reads what a run directory holds (its record, ``history.jsonl``,
+``result.json``, the ledger in ``checkpoint.json``; see :mod:`lmaas_tune.runs.directory`) into a
 :class:`RunReport`: a :class:`RunSummary` (the numbers a table shows) and a :class:`RunSeries`
 (best train loss and dev metric against calls used). It works on finished runs and on runs still
 going or stopped. :func:`plot_runs` draws the series of several runs, one line per run, into a PNG
@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RunDirectoryError
-from .runs import RESULT, RunDirectory
+from lmaas_tune.errors import RunDirectoryError
+from .directory import RESULT, RunDirectory
 
-CHECKPOINT = "checkpoint.json"  # the name lmaas_tune.checkpoint writes (not imported: it pulls in numpy and pycma)
+CHECKPOINT = "checkpoint.json"  # the name lmaas_tune.runs.checkpoint writes (not imported: it pulls in numpy and pycma)
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,11 @@ def _status(result: Any, checkpoint: Any) -> str:
 def read_run(path: str | Path, *, label: str | None = None) -> RunReport:
     """The summary and curves of the run in ``path`` (``label`` names it in plots; default: its directory name)."""
     run = RunDirectory.open(path)
-    config, history = run.config, run.history()
+    record, history = run.record, run.history()
     result, checkpoint = _optional_json(run, RESULT), _optional_json(run, CHECKPOINT)
-    tune = config.get("tune") or {}
-    task = (config.get("task") or {}).get("name", "-")
-    model = (config.get("model") or {}).get("id") or (config.get("backend") or {}).get("model") or "-"
+    tune = record.tune
+    task = record.task.name if record.task is not None else "-"
+    model = (record.model.id if record.model is not None else None) or (record.backend.model if record.backend else "-")
     ledger = (result or {}).get("ledger") or (checkpoint or {}).get("ledger") or {}
     discarded = (checkpoint or {}).get("discarded") or {}
     last = history[-1] if history else {}
@@ -107,10 +107,10 @@ def read_run(path: str | Path, *, label: str | None = None) -> RunReport:
         best_dev, wall = max((v for _, v in checks), default=None), _float(last.get("elapsed"))
     try:
         summary = RunSummary(
-            run_dir=str(run.path), task=str(task), model=str(model), method=str(tune.get("method", "bbt")),
-            seed=tune.get("seed"), status=_status(result, checkpoint),
+            run_dir=str(run.path), task=str(task), model=str(model), method=tune.method,
+            seed=tune.seed, status=_status(result, checkpoint),
             metric=str((result or {}).get("metric") or (test or {}).get("metric") or "accuracy"),
-            budget=tune.get("budget") or ledger.get("budget"), calls=int(last.get("calls", ledger.get("calls", 0))),
+            budget=tune.budget, calls=int(last.get("calls", ledger.get("calls", 0))),
             best_train_loss=min(losses, default=None), best_train_accuracy=max(train_acc, default=None),
             best_dev=best_dev, test=_float(test["value"]) if test else None,
             manual_test=_float(manual["value"]) if manual else None, wall_time_s=wall,

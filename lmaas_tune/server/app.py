@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from .. import __version__
-from ..backends.base import Backend, ScoringBatch
-from ..backends.wire import PROTOCOL_VERSION, ServiceInfo, ServiceLimits, check_protocol, encode_array, require
-from ..errors import ConfigError, InputTooLongError, LmaasTuneError, VerbalizerError, WireFormatError
+from lmaas_tune import __version__
+from lmaas_tune.backends.base import Backend, ScoringBatch
+from lmaas_tune.wire import PROTOCOL_VERSION, ServiceInfo, ServiceLimits, check_protocol, encode_array, require
+from lmaas_tune.errors import ConfigError, InputTooLongError, LmaasTuneError, VerbalizerError, WireFormatError
 from .auth import bearer_auth
 from .batching import DynamicBatcher, QueueFullError, ShuttingDownError
 from .config import ServerConfig

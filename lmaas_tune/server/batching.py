@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backends.base import Backend, ScoringBatch
+from lmaas_tune.backends.base import Backend, ScoringBatch
 
 
 class QueueFullError(Exception):

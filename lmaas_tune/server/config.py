@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
+from lmaas_tune.errors import ConfigError
 
 MiB = 1024 * 1024
 

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from ..backends.base import BackendInfo, ModelKind, ScoringBatch
-from ..backends.wire import check_protocol, decode_array, decode_batch, decode_spec, require
-from ..deep_projection import DeepProjectionSpec
-from ..errors import WireFormatError
-from ..projection import ProjectionSpec
+from lmaas_tune.backends.base import BackendInfo, ModelKind, ScoringBatch
+from lmaas_tune.wire import check_protocol, decode_array, decode_batch, decode_spec, require
+from lmaas_tune.projection import DeepProjectionSpec
+from lmaas_tune.errors import WireFormatError
+from lmaas_tune.projection import ProjectionSpec
 from .config import ServerConfig
 from .problems import ApiError
 

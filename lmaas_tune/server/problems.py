@@ -13,8 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..backends.wire import PROTOCOL_VERSION
-from ..errors import WireFormatError
+from lmaas_tune.wire import PROTOCOL_VERSION
+from lmaas_tune.errors import WireFormatError
 
 log = logging.getLogger("lmaas_tune.server")
 

@@ -9,7 +9,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from ..backends.base import Backend
+from lmaas_tune.backends.base import Backend
 from .app import SERVICE, ScoringService, create_app
 from .config import ServerConfig
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.base import ScoringBatch
-from ..deep_projection import DeepProjection, DeepProjectionSpec, build_projection
-from ..projection import Projection, ProjectionSpec
+from lmaas_tune.backends.base import ScoringBatch
+from lmaas_tune.projection import DeepProjection, DeepProjectionSpec, build_projection
+from lmaas_tune.projection import Projection, ProjectionSpec
 
 
 @dataclass(frozen=True)

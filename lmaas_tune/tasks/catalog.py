@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..registry import Registry
+from lmaas_tune.registry import Registry
 from .data import HubSource, TableSource
 from .task import Task
 from .template import PromptFormat

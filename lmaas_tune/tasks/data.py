@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..errors import ConfigError, DataError
+from lmaas_tune.errors import ConfigError, DataError
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -26,6 +26,14 @@ class Example:
 def _builtin_path(name: str) -> Path:
     ref = resources.files("lmaas_tune") / "data" / name
     return Path(str(ref))
+
+
+def absolute_data_path(location: str | None) -> str | None:
+    """A data path made absolute (built-in data stays as named), so a stored run resumes from any
+    working directory."""
+    if location is None or location.startswith(BUILTIN_PREFIX):
+        return location
+    return str(Path(os.path.expanduser(location)).resolve())
 
 
 def resolve_path(location: str) -> Path:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..registry import Registry
+from lmaas_tune.registry import Registry
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 METRICS: Registry[Metric] = Registry("metric")

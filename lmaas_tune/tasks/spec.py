@@ -7,15 +7,31 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from lmaas_tune.errors import ConfigError
 from .catalog import TASKS
 from .data import TableSource
 from .task import Task, custom_task
+
+
+def split_words(text: str | None) -> tuple[str, ...] | None:
+    """``"bad, great"`` -> ``("bad", "great")`` (``None`` for nothing)."""
+    return tuple(w.strip() for w in text.split(",") if w.strip()) if text else None
+
+
+def parse_columns(items: Sequence[str] | None) -> dict[str, str]:
+    """``["sentence=text"]`` -> ``{"sentence": "text"}``: template fields mapped to data columns."""
+    cols: dict[str, str] = {}
+    for item in items or []:
+        field, sep, col = item.partition("=")
+        if not sep or not field.strip() or not col.strip():
+            raise ConfigError(f"--column expects FIELD=COLUMN (e.g. --column sentence=text); got {item!r}")
+        cols[field.strip()] = col.strip()
+    return cols
 
 
 @dataclass(frozen=True)

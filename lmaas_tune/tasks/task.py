@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ..backends.base import ModelKind, ScoringBatch
-from ..errors import ConfigError, TemplateError
+from lmaas_tune.backends.base import ModelKind, ScoringBatch
+from lmaas_tune.errors import ConfigError, TemplateError
 from .data import Example, HubSource, TableSource
 from .metrics import METRICS
 from .template import PromptFormat

@@ -6,8 +6,8 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..backends.base import ModelKind, Query
-from ..errors import TemplateError
+from lmaas_tune.backends.base import ModelKind, Query
+from lmaas_tune.errors import TemplateError
 
 MASK = "mask"
 
@@ -83,7 +83,7 @@ class PromptFormat:
     label_words: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        from ..errors import VerbalizerError
+        from lmaas_tune.errors import VerbalizerError
 
         words = tuple(w.strip() for w in self.label_words)
         object.__setattr__(self, "label_words", words)

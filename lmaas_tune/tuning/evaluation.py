@@ -8,12 +8,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backends.base import Backend, ScoringBatch
-from .errors import ConfigError, DataError
-from .losses import predictions
-from .tasks.data import Example
-from .tasks.metrics import METRICS
-from .tasks.task import Task
+from lmaas_tune.backends.base import Backend, ScoringBatch
+from lmaas_tune.errors import ConfigError, DataError
+from lmaas_tune.methods.losses import predictions
+from lmaas_tune.runs.results import Evaluation
+from lmaas_tune.tasks.data import Example
+from lmaas_tune.tasks.metrics import METRICS
+from lmaas_tune.tasks.task import Task
+
+from .ledger import BudgetLedger
+from .scheduler import PopulationScheduler
 
 log = logging.getLogger("lmaas_tune")
 
@@ -71,19 +75,6 @@ async def prepare(
     return LabelledBatch(batch, labels, dropped)
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    metric: str
-    value: float
-    accuracy: float
-    n: int
-    dropped: int
-    predictions: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, object]:
-        return {"metric": self.metric, "value": self.value, "accuracy": self.accuracy, "n": self.n, "dropped": self.dropped}
-
-
 def summarise(logits: np.ndarray, data: LabelledBatch, metric: str) -> Evaluation:
     """Metric of ``logits [N, C]`` against ``data``'s labels."""
     pred = predictions(logits)
@@ -92,24 +83,21 @@ def summarise(logits: np.ndarray, data: LabelledBatch, metric: str) -> Evaluatio
     return Evaluation(metric, float(value), float(acc), len(data), data.dropped, tuple(int(p) for p in pred))
 
 
-async def score_in_chunks(
+async def score_prompt(
     backend: Backend,
     prompt: np.ndarray | None,
     data: LabelledBatch,
     *,
     chunk: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    ledger: BudgetLedger | None = None,
+    concurrency: int | None = None,
 ) -> np.ndarray:
-    """Logits ``[N, C]`` of one prompt (``[L, D]``, deep ``[layers, L, D]``, or None), ``chunk`` examples per call."""
-    arr = None if prompt is None else np.asarray(prompt, dtype=np.float32)[None]
-    out = []
-    n = len(data.batch)
-    for lo in range(0, n, chunk):
-        hi = min(lo + chunk, n)
-        out.append((await backend.score(arr, data.batch.subset(range(lo, hi))))[0])
-        if progress:
-            progress(hi, n)
-    return np.concatenate(out, axis=0)
+    """Logits ``[N, C]`` of one prompt (``[L, D]``, deep ``[layers, L, D]``, or None) on ``data``,
+    ``chunk`` examples per call, as many calls at once as the backend allows (or ``concurrency``),
+    through the :class:`~.scheduler.PopulationScheduler`; recorded in ``ledger`` as uncharged."""
+    scheduler = PopulationScheduler(backend, ledger or BudgetLedger.for_scoring(), concurrency=concurrency)
+    return await scheduler.score_examples(prompt, data.batch, chunk=chunk, progress=progress)
 
 
 async def evaluate_prompt(
@@ -120,9 +108,12 @@ async def evaluate_prompt(
     *,
     progress: Callable[[int, int], None] | None = None,
     on_long: str = "drop",
+    ledger: BudgetLedger | None = None,
+    concurrency: int | None = None,
 ) -> Evaluation:
-    """The task metric of ``prompt`` (``None``: the manual template alone) on ``examples``."""
+    """The task metric of ``prompt`` (``None``: the manual template alone) on ``examples``; the
+    scoring is recorded in ``ledger`` (uncharged) when one is given."""
     plen = 0 if prompt is None else int(np.asarray(prompt).shape[-2])  # [L, D], or deep [layers, L, D]
     data = await prepare(backend, task, examples, plen, what="test examples", on_long=on_long)
-    logits = await score_in_chunks(backend, prompt, data, progress=progress)
+    logits = await score_prompt(backend, prompt, data, progress=progress, ledger=ledger, concurrency=concurrency)
     return summarise(logits, data, task.metric)

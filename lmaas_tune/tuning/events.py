@@ -1,10 +1,10 @@
 """Progress events beyond the generation report, and the async-iterator form of a callback stream.
 
 A running fit tells its callbacks what happens as it happens: a generation ended
-(:class:`~lmaas_tune.tuner.GenerationReport`), a candidate was checked on the dev split
+(:class:`GenerationReport`), a candidate was checked on the dev split
 (:class:`DevChecked`), a scoring request is being tried again (:class:`Retry`), the budget is
 spent (:class:`BudgetSpent`), the test set is being scored
-(:class:`~lmaas_tune.tuner.EvaluationProgress`). Every event is a frozen dataclass.
+(:class:`EvaluationProgress`). Every event is a frozen dataclass.
 
 :class:`EventStream` turns any job that reports through a callback into an async iterator: the
 job runs in its own task, its events come out in the order it emitted them, and the last item is
@@ -17,12 +17,42 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 E = TypeVar("E")
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class GenerationReport:
+    """What one generation did; also the run's history record."""
+
+    generation: int
+    calls: int
+    budget: int
+    loss_min: float
+    loss_mean: float
+    loss_max: float
+    best_loss: float
+    train_accuracy: float
+    dev_metric: float | None
+    best_dev: float | None
+    elapsed: float
+    calls_per_s: float
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvaluationProgress:
+    """Progress of a final test evaluation (``what``: "test" for the tuned prompt, "manual" for none)."""
+
+    done: int
+    total: int
+    what: str = "test"
 
 
 @dataclass(frozen=True)
@@ -65,6 +95,9 @@ class BudgetSpent:
     generation: int
     elapsed: float
 
+
+#: everything a running fit reports to its callbacks
+Event = GenerationReport | EvaluationProgress | DevChecked | Retry | BudgetSpent
 
 _END = object()
 

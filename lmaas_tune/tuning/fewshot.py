@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DataError
-from .tasks.data import Example
+from lmaas_tune.errors import DataError
+from lmaas_tune.tasks.data import Example
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .errors import BudgetExhaustedError, ConfigError
+from lmaas_tune.errors import BudgetExhaustedError, ConfigError
 
 
 @dataclass
@@ -17,6 +17,7 @@ class LedgerSnapshot:
     uncharged_calls: int
     bytes_up: int
     bytes_down: int
+    eval_calls: int = 0
 
 
 class BudgetLedger:
@@ -24,8 +25,10 @@ class BudgetLedger:
 
     ``reserve(n)`` grants at most what is left (never more), ``commit`` turns reserved calls into
     charged ones once scored, ``release`` returns them if scoring failed. Attempts, retries,
-    failures and traffic are recorded separately and never charged. Dev and test evaluations are
-    recorded as ``uncharged_calls``.
+    failures and traffic are recorded separately and never charged. Dev checks are recorded as
+    ``uncharged_calls`` (one per candidate checked); scoring a fixed prompt on a whole set (the
+    final test evaluation, ``evaluate``, each batch of ``predict``) as ``eval_calls``, also
+    uncharged.
     """
 
     def __init__(self, budget: int) -> None:
@@ -38,8 +41,16 @@ class BudgetLedger:
         self.retries = 0
         self.failures = 0
         self.uncharged_calls = 0
+        self.eval_calls = 0
         self.bytes_up = 0
         self.bytes_down = 0
+
+    @classmethod
+    def for_scoring(cls) -> "BudgetLedger":
+        """A ledger for work that is never charged (``evaluate``, ``predict``): a budget of 0 calls."""
+        ledger = cls(1)
+        ledger.budget = 0
+        return ledger
 
     @property
     def remaining(self) -> int:
@@ -67,7 +78,7 @@ class BudgetLedger:
 
     def snapshot(self) -> LedgerSnapshot:
         return LedgerSnapshot(self.budget, self.calls, self.attempts, self.retries, self.failures,
-                              self.uncharged_calls, self.bytes_up, self.bytes_down)
+                              self.uncharged_calls, self.bytes_up, self.bytes_down, self.eval_calls)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self.snapshot())
@@ -80,3 +91,4 @@ class BudgetLedger:
             raise ConfigError(f"the saved ledger has a budget of {saved['budget']} calls, not {self.budget}")
         for name in ("calls", "attempts", "retries", "failures", "uncharged_calls", "bytes_up", "bytes_down"):
             setattr(self, name, int(saved[name]))
+        self.eval_calls = int(saved.get("eval_calls", 0))  # absent from checkpoints written before it existed

@@ -24,12 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend
-from .errors import DataError
-from .evaluation import LabelledBatch, score_in_chunks
-from .tasks.data import Example, TableSource
-from .tasks.task import Task
-from .workflows import SavedRun, check_same_model
+from lmaas_tune.backends.base import Backend
+from lmaas_tune.errors import DataError
+from lmaas_tune.tasks.data import Example, TableSource
+from lmaas_tune.tasks.task import Task
+from lmaas_tune.runs.saved import SavedRun
+
+from .evaluation import LabelledBatch, score_prompt
+from .ledger import BudgetLedger
 
 FORMATS = ("auto", "lines", "tsv", "csv", "jsonl")
 
@@ -134,15 +136,17 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 async def iter_predictions(
     run: str | Path | SavedRun, backend: Backend, rows: Sequence[Mapping[str, str]], *, batch_size: int = 64,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, ledger: BudgetLedger | None = None,
 ) -> AsyncIterator[list[Prediction]]:
-    """The predictions of ``rows``, one list per batch of ``batch_size`` rows, in input order."""
+    """The predictions of ``rows``, one list per batch of ``batch_size`` rows, in input order.
+
+    Each batch is scored through the scheduler, as many requests at once as the backend allows,
+    and recorded in ``ledger`` (one ``eval_calls`` per batch) when one is given."""
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1; got {batch_size}")
     saved = run if isinstance(run, SavedRun) else SavedRun.load(run)
-    model = saved.run.config.get("model")
-    if model:
-        check_same_model(model, backend.info, str(saved.run.path))
+    saved.check_model(backend.info)
+    ledger = ledger or BudgetLedger.for_scoring()
     task = saved.task.build()
     prompt = saved.prompt()
     fmt = task.format_for(backend.info.kind)
@@ -156,7 +160,7 @@ async def iter_predictions(
                                                               f"tokens with the prompt") for _ in part]
         if fits:
             data = LabelledBatch(batch.subset(fits), np.zeros(len(fits), dtype=np.int64))
-            probs = _softmax(await score_in_chunks(backend, prompt, data, chunk=batch_size))
+            probs = _softmax(await score_prompt(backend, prompt, data, chunk=batch_size, ledger=ledger))
             for k, i in enumerate(fits):
                 best = int(probs[k].argmax())
                 out[i] = Prediction(words[best], best, {w: float(p) for w, p in zip(words, probs[k])})
@@ -167,10 +171,10 @@ async def iter_predictions(
 
 async def predict(
     run: str | Path | SavedRun, backend: Backend, rows: Sequence[Mapping[str, str]], *, batch_size: int = 64,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, ledger: BudgetLedger | None = None,
 ) -> list[Prediction]:
     """Label ``rows`` (template field values) with the best prompt of the run in ``run``."""
     out: list[Prediction] = []
-    async for part in iter_predictions(run, backend, rows, batch_size=batch_size, progress=progress):
+    async for part in iter_predictions(run, backend, rows, batch_size=batch_size, progress=progress, ledger=ledger):
         out.extend(part)
     return out

@@ -1,56 +1,46 @@
-"""Evaluate a population concurrently on a backend, with retries and exact budget accounting."""
+"""Every scoring goes through here: concurrent, shape-checked, and recorded in the budget ledger."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
-from .backends.base import Backend, ScoringBatch
-from .backends.traffic import TrafficMeter, metering
-from .errors import BackendError
+from lmaas_tune.backends.base import Backend, ScoringBatch
+from lmaas_tune.backends.traffic import TrafficMeter, metering
+from lmaas_tune.errors import BackendError
+from lmaas_tune.projection import AnyProjection
+
 from .events import Retry
 from .ledger import BudgetLedger
-from .deep_projection import DeepProjection
-from .projection import Projection
 
 log = logging.getLogger("lmaas_tune")
 
-
-class RetryableError(BackendError):
-    """A failure worth another attempt (the backend says so by raising a subclass of this)."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """``attempts`` tries per chunk, exponential backoff ``min(base * 2**n, cap)`` with full jitter."""
-
-    attempts: int = 3
-    base_delay: float = 0.5
-    max_delay: float = 8.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.base_delay * 2**attempt, self.max_delay))
+Progress = Callable[[int, int], None]
 
 
 class PopulationScheduler:
-    """Fans a population out to a backend in chunks, at most ``concurrency`` at a time.
+    """Fans scoring work out to a backend in chunks, at most ``concurrency`` chunks at a time.
 
-    Chunks hold ``chunk_size`` candidates (default: what the backend takes in one call). Results
-    land by index, so the output is the same whatever the concurrency, the chunking or the order
-    responses arrive in. Charged evaluations commit one call per scored candidate to the ledger;
-    the caller reserves the calls first (see :meth:`BudgetLedger.reserve`).
+    Two kinds of work, one path:
 
-    Attempts, retries, failures and bytes: a backend that reports its own transport traffic
-    (see :mod:`lmaas_tune.backends.traffic`; the remote backend does, one attempt per HTTP
-    request) is recorded as reported; otherwise each ``score`` call counts as one attempt.
+    * :meth:`evaluate` scores a population of candidates on a batch (train: charged; dev:
+      uncharged), ``chunk_size`` candidates per call (default: what the backend takes in one call).
+    * :meth:`score_examples` scores one prompt (or the manual template alone) on a large batch
+      (test scoring, ``evaluate``, ``predict``), ``chunk`` examples per call; uncharged.
 
-    ``events``, when given, receives a :class:`~lmaas_tune.events.Retry` for every retry: the
-    scheduler's own as it waits, a backend's once its chunk is scored.
+    Results land by index, so the output is the same whatever the concurrency, the chunking or the
+    order responses arrive in. Charged evaluations commit one call per scored candidate to the
+    ledger; the caller reserves the calls first (see :meth:`BudgetLedger.reserve`). Dev checks count
+    one ``uncharged_calls`` per candidate; :meth:`score_examples` one ``eval_calls`` per prompt.
+
+    Retries are the backend's (the remote backend retries with tenacity); this class has none. A
+    backend that reports its own transport traffic (see :mod:`lmaas_tune.backends.traffic`; the
+    remote backend does, one attempt per HTTP request) is recorded as reported, and each of its
+    retries is passed on to ``events`` as a :class:`~lmaas_tune.tuning.events.Retry` as it
+    happens; otherwise each ``score`` call counts as one attempt.
     """
 
     def __init__(
@@ -60,7 +50,6 @@ class PopulationScheduler:
         *,
         concurrency: int | None = None,
         chunk_size: int | None = None,
-        retry: RetryPolicy = RetryPolicy(),
         events: Callable[[Retry], None] | None = None,
     ) -> None:
         self.backend = backend
@@ -68,7 +57,6 @@ class PopulationScheduler:
         info = backend.info
         self.concurrency = max(1, concurrency or info.max_concurrency)
         self.chunk_size = chunk_size or info.max_prompts_per_call
-        self.retry = retry
         self.events = events
 
     async def evaluate(
@@ -78,7 +66,7 @@ class PopulationScheduler:
         *,
         charged: bool = True,
         z: np.ndarray | None = None,
-        projection: Projection | DeepProjection | None = None,
+        projection: AnyProjection | None = None,
     ) -> np.ndarray:
         """Logits ``[P, N, C]``. With ``charged``, the P calls must already be reserved.
 
@@ -88,17 +76,76 @@ class PopulationScheduler:
         n = len(prompts)
         size = self.chunk_size or max(1, -(-n // self.concurrency))
         bounds = [(i, min(i + size, n)) for i in range(0, n, size)]
+        expected = (len(batch), len(batch.label_words))
+
+        def call(lo: int, hi: int) -> Awaitable[np.ndarray]:
+            if z is not None and projection is not None:
+                return self.backend.score_projected(z[lo:hi], projection, batch, prompts=prompts[lo:hi])
+            return self.backend.score(prompts[lo:hi], batch)
+
+        finished = 0
+
+        def done(lo: int, hi: int) -> None:
+            nonlocal finished
+            finished += hi - lo
+            if charged:
+                self.ledger.commit(hi - lo)
+            else:
+                self.ledger.uncharged_calls += hi - lo
+
+        try:
+            results = await self._fan_out(bounds, call, lambda lo, hi: (hi - lo, *expected), done)
+        except BaseException:
+            if charged:  # reserved by the caller, never scored: the calls go back to the budget
+                self.ledger.release(n - finished)
+            raise
+        return np.concatenate(results, axis=0)
+
+    async def score_examples(
+        self, prompt: np.ndarray | None, batch: ScoringBatch, *, chunk: int = 64, progress: Progress | None = None,
+    ) -> np.ndarray:
+        """Logits ``[N, C]`` of one prompt (``[L, D]``, deep ``[layers, L, D]``, or ``None`` for the manual
+        template alone) on every example of ``batch``, ``chunk`` examples per call; uncharged.
+
+        ``progress(done, total)`` is told the examples scored so far as chunks complete.
+        """
+        if chunk < 1:
+            raise BackendError(f"chunks must hold at least one example; got {chunk}")
+        arr = None if prompt is None else np.asarray(prompt, dtype=np.float32)[None]
+        n = len(batch)
+        bounds = [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+        scored = 0
+
+        def done(lo: int, hi: int) -> None:
+            nonlocal scored
+            scored += hi - lo
+            if progress is not None:
+                progress(scored, n)
+
+        results = await self._fan_out(
+            bounds, lambda lo, hi: self.backend.score(arr, batch.subset(range(lo, hi))),
+            lambda lo, hi: (1, hi - lo, len(batch.label_words)), done)
+        self.ledger.eval_calls += 1
+        return np.concatenate([r[0] for r in results], axis=0)
+
+    async def _fan_out(
+        self,
+        bounds: Sequence[tuple[int, int]],
+        call: Callable[[int, int], Awaitable[np.ndarray]],
+        shape: Callable[[int, int], tuple[int, ...]],
+        done: Callable[[int, int], None],
+    ) -> list[np.ndarray]:
+        """Run ``call(lo, hi)`` for every chunk, ``concurrency`` at a time; results in chunk order.
+
+        On a failure the other chunks are cancelled (and awaited) before the error propagates.
+        """
         gate = asyncio.Semaphore(self.concurrency)
         results: list[np.ndarray | None] = [None] * len(bounds)
 
         async def run(k: int, lo: int, hi: int) -> None:
             async with gate:
-                zz = None if z is None else z[lo:hi]
-                results[k] = await self._attempt(prompts[lo:hi], batch, zz, projection)
-            if charged:
-                self.ledger.commit(hi - lo)
-            else:
-                self.ledger.uncharged_calls += hi - lo
+                results[k] = await self._metered(call(lo, hi), shape(lo, hi))
+            done(lo, hi)
 
         tasks = [asyncio.ensure_future(run(k, lo, hi)) for k, (lo, hi) in enumerate(bounds)]
         try:
@@ -107,46 +154,28 @@ class PopulationScheduler:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if charged:
-                done = sum(hi - lo for (lo, hi), r in zip(bounds, results) if r is not None)
-                self.ledger.release(n - done)
             raise
-        return np.concatenate([r for r in results if r is not None], axis=0)
+        return [r for r in results if r is not None]
 
-    async def _attempt(
-        self, prompts: np.ndarray, batch: ScoringBatch, z: np.ndarray | None,
-        projection: Projection | DeepProjection | None
-    ) -> np.ndarray:
-        for attempt in range(self.retry.attempts):
+    async def _metered(self, pending: Awaitable[np.ndarray], expected: tuple[int, ...]) -> np.ndarray:
+        with metering(on_retry=self._on_retry) as meter:
             try:
-                with metering() as meter:
-                    if z is not None and projection is not None:
-                        out = await self.backend.score_projected(z, projection, batch, prompts=prompts)
-                    else:
-                        out = await self.backend.score(prompts, batch)
-            except RetryableError as exc:
-                self._record(meter, failed=True)
-                if attempt + 1 >= self.retry.attempts:
-                    raise
-                self.ledger.retries += 1
-                wait = self.retry.delay(attempt)
-                log.warning("scoring failed (%s); retry %d in %.1fs", exc, attempt + 1, wait)
-                if self.events is not None:
-                    self.events(Retry(1, str(exc), wait))
-                await asyncio.sleep(wait)
-                continue
+                out = await pending
             except asyncio.CancelledError:
                 self._record(meter, failed=False)
                 raise
             except Exception:
                 self._record(meter, failed=True)
                 raise
-            self._record(meter, failed=False)
-            expected = (len(prompts), len(batch), len(batch.label_words))
-            if out.shape != expected:
-                raise BackendError(f"backend returned logits of shape {out.shape}; expected {expected}")
-            return out
-        raise AssertionError("unreachable")
+        self._record(meter, failed=False)
+        if out.shape != expected:
+            raise BackendError(f"backend returned logits of shape {out.shape}; expected {expected}")
+        return out
+
+    def _on_retry(self, reason: str, delay: float | None) -> None:
+        log.warning("scoring failed (%s); retrying%s", reason, "" if delay is None else f" in {delay:.1f}s")
+        if self.events is not None:
+            self.events(Retry(1, reason, delay))
 
     def _record(self, meter: TrafficMeter, *, failed: bool) -> None:
         led = self.ledger
@@ -156,8 +185,7 @@ class PopulationScheduler:
             led.failures += meter.failures
             led.bytes_up += meter.bytes_up
             led.bytes_down += meter.bytes_down
-            if meter.retries and self.events is not None:
-                self.events(Retry(meter.retries, f"the backend retried {meter.retries} request(s)"))
         else:
             led.attempts += 1
             led.failures += int(failed)
+            led.retries += meter.retries

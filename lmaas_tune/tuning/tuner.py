@@ -10,7 +10,7 @@ that are left are scored (and charged); that generation is not told to CMA-ES, s
 
 With a run directory, every generation ends with a checkpoint, and ``fit(resume=True)`` continues
 a stopped run from its last one, ending exactly as the uninterrupted run would have; see
-:mod:`lmaas_tune.checkpoint` for the rule. Cancelling ``fit`` (``asyncio.CancelledError``, Ctrl-C)
+:mod:`lmaas_tune.runs.checkpoint` for the rule. Cancelling ``fit`` (``asyncio.CancelledError``, Ctrl-C)
 leaves the run directory resumable.
 """
 
@@ -20,83 +20,31 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend
-from .checkpoint import Candidate, LoopState, load_checkpoint, mark_stopped, save_checkpoint, test_hook
-from .config import TuneConfig
-from .errors import ConfigError, RunDirectoryError
-from .events import BudgetSpent, DevChecked, EventStream, Retry
-from .evaluation import Evaluation, LabelledBatch, prepare, score_in_chunks, summarise
+from lmaas_tune.backends.base import Backend
+from lmaas_tune.errors import ConfigError, RunDirectoryError
+from lmaas_tune.methods import METHODS, LOSSES, TuneConfig
+from lmaas_tune.methods.optimizers import Optimizer
+from lmaas_tune.projection import AnyProjection, AnySpec, build_projection
+from lmaas_tune.runs.checkpoint import Candidate, LoopState, load_checkpoint, mark_stopped, save_checkpoint
+from lmaas_tune.runs.directory import INITIAL_PROMPT, RunDirectory
+from lmaas_tune.runs.record import ModelRecord, RunConfig
+from lmaas_tune.runs.results import Evaluation, FitResult, stored_result, write_result
+from lmaas_tune.tasks.data import Example
+from lmaas_tune.tasks.task import Task
+
+from .evaluation import LabelledBatch, prepare, summarise
+from .events import BudgetSpent, DevChecked, EvaluationProgress, Event, EventStream, GenerationReport
 from .fewshot import FewShotSplit
 from .ledger import BudgetLedger
-from .losses import LOSSES
-from .deep_projection import build_projection, spec_from_dict
-from .methods import METHODS, AnyProjection, AnySpec
-from .optimizers import Optimizer
-from .runs import INITIAL_PROMPT, RESULT, RunDirectory
 from .scheduler import PopulationScheduler
-from .tasks.data import Example
-from .tasks.task import Task
 
 log = logging.getLogger("lmaas_tune")
-
-
-@dataclass(frozen=True)
-class GenerationReport:
-    """What one generation did; also the run's history record."""
-
-    generation: int
-    calls: int
-    budget: int
-    loss_min: float
-    loss_mean: float
-    loss_max: float
-    best_loss: float
-    train_accuracy: float
-    dev_metric: float | None
-    best_dev: float | None
-    elapsed: float
-    calls_per_s: float
-
-    def to_record(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class EvaluationProgress:
-    """Progress of a final test evaluation (``what``: "test" for the tuned prompt, "manual" for none)."""
-
-    done: int
-    total: int
-    what: str = "test"
-
-
-Event = GenerationReport | EvaluationProgress | DevChecked | Retry | BudgetSpent
-
-
-@dataclass(frozen=True)
-class FitResult:
-    best_z: np.ndarray
-    projection: AnySpec
-    metric: str
-    dev: float
-    train_loss: float
-    test: Evaluation | None
-    manual: Evaluation | None
-    calls: int
-    wall_time: float
-    ledger: dict[str, int]
-    run_dir: Path | None = None
-    initial_prompt: np.ndarray | None = None  # p0 (None: zeros)
-
-    def prompt(self) -> np.ndarray:
-        """The best soft prompt, rebuilt from ``best_z``, the projection and p0."""
-        return build_projection(self.projection, self.initial_prompt)(self.best_z)[0]
 
 
 @dataclass
@@ -129,7 +77,7 @@ class BlackBoxTuner:
         config: TuneConfig = TuneConfig(),
         *,
         run_dir: str | Path | None = None,
-        run_info: dict[str, Any] | None = None,
+        record: RunConfig | None = None,
         concurrency: int | None = None,
         callbacks: Sequence[Callable[[Event], None]] = (),
         evaluate_test: bool = True,
@@ -137,7 +85,8 @@ class BlackBoxTuner:
     ) -> None:
         self.task, self.backend, self.config = task, backend, config
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.run_info = dict(run_info or {})
+        self.record = record
+        self._run: RunDirectory | None = None  # an opened run to continue (from_run)
         self.concurrency = concurrency
         self.callbacks = list(callbacks)
         self.evaluate_test = evaluate_test
@@ -145,24 +94,26 @@ class BlackBoxTuner:
         self._test_examples: list[Example] | None = None
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, backend: Backend, **kwargs: Any) -> "BlackBoxTuner":
-        """A tuner for the run stored in ``run_dir`` (by the CLI or :func:`lmaas_tune.workflows.fit`):
-        task, settings and baseline come from its ``config.json``. Continue it with ``fit(resume=True)``."""
-        from .tasks.spec import TaskSpec
-
-        run = RunDirectory.open(run_dir)
-        stored = run.config
-        if "task" not in stored or "tune" not in stored:
-            raise RunDirectoryError(f"{run.path / 'config.json'} does not describe its task; resume it with "
+    def from_run(cls, run: str | Path | RunDirectory, backend: Backend, **kwargs: Any) -> "BlackBoxTuner":
+        """A tuner for the run stored in ``run`` (a path, or a :class:`RunDirectory` already opened):
+        task, settings and baseline come from its record. Continue it with ``fit(resume=True)``."""
+        run = run if isinstance(run, RunDirectory) else RunDirectory.open(run)
+        record = run.record
+        if record.task is None:
+            raise RunDirectoryError(f"the record of {run.path} does not describe its task; resume it with "
                                     f"BlackBoxTuner(task, backend, config, run_dir=...).fit(resume=True)")
-        kwargs.setdefault("evaluate_manual", bool(stored.get("baseline", False)))
-        return cls(TaskSpec.from_dict(stored["task"]).build(), backend, TuneConfig.from_dict(stored["tune"]),
-                   run_dir=run.path, run_info={k: v for k, v in stored.items() if k != "tune"}, **kwargs)
+        kwargs.setdefault("evaluate_manual", record.baseline)
+        tuner = cls(record.task.build(), backend, record.tune, run_dir=run.path, record=record, **kwargs)
+        tuner._run = run
+        return tuner
+
+    #: the earlier name of :meth:`from_run`
+    from_run_dir = from_run
 
     @classmethod
-    async def resume(cls, run_dir: str | Path, backend: Backend, **kwargs: Any) -> FitResult:
+    async def resume(cls, run_dir: str | Path | RunDirectory, backend: Backend, **kwargs: Any) -> FitResult:
         """Continue the run stored in ``run_dir`` (a finished run just returns its result)."""
-        return await cls.from_run_dir(run_dir, backend, **kwargs).fit(resume=True)
+        return await cls.from_run(run_dir, backend, **kwargs).fit(resume=True)
 
     def _emit(self, event: Event) -> None:
         for cb in self.callbacks:
@@ -205,15 +156,12 @@ class BlackBoxTuner:
                 report = await self._generation(s, start)
                 if run is not None:
                     run.append_history(report.to_record())
-                    test_hook("history", report.generation)
                     s.committed = save_checkpoint(run, s.state, s.ledger, s.opt, s.spec, s.discarded)
                 if report.dev_metric is not None and report.best_dev is not None:
                     self._emit(DevChecked(report.generation, report.calls, self.task.metric, report.dev_metric,
                                           report.best_dev, s.state.best_generation == report.generation))
                 self._emit(report)
             self._emit(BudgetSpent(s.ledger.calls, s.ledger.budget, s.state.generation, s.state.elapsed))
-            if run is not None:
-                test_hook("evaluate", s.state.generation)
             return await self._finish(s, start)
         except BaseException as exc:
             if run is not None and s.committed is not None and not run.finished:
@@ -226,15 +174,22 @@ class BlackBoxTuner:
                 raise ConfigError("resuming needs the run directory (run_dir) of the stopped run")
             return None
         if not resume:
-            return RunDirectory.create(self.run_dir, {**self.run_info, "tune": self.config.to_dict()})
-        run = RunDirectory.open(self.run_dir)
-        stored = TuneConfig.from_dict(run.config.get("tune") or {})
+            return RunDirectory.create(self.run_dir, self._new_record())
+        run = self._run if self._run is not None else RunDirectory.open(self.run_dir)
+        stored = run.record.tune
         if stored != self.config:
             mine, theirs = self.config.to_dict(), stored.to_dict()
             diff = ", ".join(f"{k} {theirs[k]!r} (given {mine[k]!r})" for k in mine if mine[k] != theirs[k])
             raise ConfigError(f"the run in {run.path} was tuned with other settings: {diff}; "
                               f"a resumed run keeps its stored settings")
         return run
+
+    def _new_record(self) -> RunConfig:
+        """What a new run directory records: the caller's record (task, backend...), with this
+        tuner's settings, model and baseline flag."""
+        record = self.record or RunConfig(tune=self.config)
+        return replace(record, tune=self.config, baseline=self.evaluate_manual,
+                       model=record.model or ModelRecord.of(self.backend.info))
 
     async def _prepare(self) -> _Session:
         """The few-shot data, the projection and a fresh optimiser and ledger."""
@@ -318,20 +273,14 @@ class BlackBoxTuner:
             # the tuned prompt was (inputs dropped as too long with the prompt are dropped for both).
             data = await prepare(self.backend, task, examples, prompt.shape[-2], what="test examples",
                                  on_long=self.config.on_long)
-            test_eval = await self._test(prompt, data)
+            test_eval = await self._test(s.scheduler, prompt, data)
             if self.evaluate_manual:
-                manual = await self._test(None, data)
+                manual = await self._test(s.scheduler, None, data)
         wall = time.perf_counter() - start
         result = FitResult(best.z, s.spec, task.metric, best_dev, best.loss, test_eval, manual, ledger.calls, wall,
                            ledger.to_dict(), run.path if run else None, s.project.base_prompt)
         if run is not None:
-            run.write_json(RESULT, {
-                "metric": task.metric, "dev": best_dev, "train_loss": best.loss,
-                "test": test_eval.to_dict() if test_eval else None,
-                "manual_prompt_test": manual.to_dict() if manual else None, "calls": ledger.calls,
-                "wall_time_s": wall, "ledger": ledger.to_dict(),
-                "dropped": {"train": s.train.dropped, "dev": s.dev.dropped},
-            })
+            write_result(run, result, {"train": s.train.dropped, "dev": s.dev.dropped})
         return result
 
     async def _dev_metric(self, scheduler: PopulationScheduler, project: AnyProjection, z: np.ndarray, dev: LabelledBatch) -> float:
@@ -339,12 +288,11 @@ class BlackBoxTuner:
         logits = await scheduler.evaluate(project(zs), dev.batch, charged=False, z=zs, projection=project)
         return summarise(logits[0], dev, self.task.metric).value
 
-    async def _test(self, prompt: np.ndarray | None, data: LabelledBatch) -> Evaluation:
-        """Score ``prompt`` (``None``: the manual template alone) on the prepared test set."""
-        logits = await score_in_chunks(
-            self.backend, prompt, data,
-            progress=lambda d, t: self._emit(EvaluationProgress(d, t, "test" if prompt is not None else "manual")),
-        )
+    async def _test(self, scheduler: PopulationScheduler, prompt: np.ndarray | None, data: LabelledBatch) -> Evaluation:
+        """Score ``prompt`` (``None``: the manual template alone) on the prepared test set (uncharged)."""
+        what = "test" if prompt is not None else "manual"
+        logits = await scheduler.score_examples(
+            prompt, data.batch, progress=lambda d, t: self._emit(EvaluationProgress(d, t, what)))
         return summarise(logits, data, self.task.metric)
 
     @staticmethod
@@ -360,21 +308,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "KeyboardInterrupt"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _evaluation(d: dict[str, Any] | None) -> Evaluation | None:
-    if d is None:
-        return None
-    return Evaluation(d["metric"], float(d["value"]), float(d["accuracy"]), int(d["n"]), int(d["dropped"]), ())
-
-
-def stored_result(run: RunDirectory) -> FitResult:
-    """The result a finished run recorded (test predictions are not stored: empty)."""
-    res, best = run.result, run.best
-    return FitResult(np.asarray(best["z"], dtype=np.float64), spec_from_dict(best["projection"]), res["metric"],
-                     float(res["dev"]), float(res["train_loss"]), _evaluation(res.get("test")),
-                     _evaluation(res.get("manual_prompt_test")), int(res["calls"]), float(res["wall_time_s"]),
-                     dict(res["ledger"]), run.path, run.initial_prompt)
 
 
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:

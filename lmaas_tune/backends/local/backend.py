@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, InputTooLongError
-from .base import Backend, BackendInfo, ModelKind, ScoringBatch, check_prompts
+from lmaas_tune.errors import ConfigError, InputTooLongError
+from lmaas_tune.backends.base import Backend, BackendInfo, ModelKind, ScoringBatch, check_prompts
 from .deep import capture_layer_inputs, inject, layer_input_std, layers_if_found, split_deep
 from .encoding import EncodedBatch, encode_batch, label_token_ids
 from .fused_llama import FusedLlama, fused_llama_supported
@@ -71,7 +71,7 @@ def cpu_has_native_bf16() -> bool:
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 where the hardware does it natively (CUDA with bf16, or a CPU with
     AVX-512 BF16/AMX), float16 on older GPUs, float32 otherwise. On the embedded model bfloat16
-    scores ~2-3x faster than float32 on such a CPU and tunes to the same accuracy (README, "Speed")."""
+    scores ~2-3x faster than float32 on such a CPU and tunes to the same accuracy (docs/method.md, "The local backend and its speed")."""
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -107,7 +107,7 @@ class LocalBackend(Backend):
     (causal LMs): compute each candidate's soft-prompt keys/values once and run only the texts on
     top of them (see :mod:`.prefix_cache`); off, every row runs its whole sequence. ``fused`` (opt-in):
     run those text rows through :mod:`.fused_llama` where it supports the model (Llama architecture
-    on a CPU), else through the model's own forward (README, "Speed", for what it gains and costs).
+    on a CPU), else through the model's own forward (docs/method.md, "The local backend and its speed", for what it gains and costs).
     ``compile`` (opt-in): compile the model's own layers with ``torch.compile`` (in place, on
     ``model``; the first calls of each new shape pay the compilation). Passes with layer hooks (deep
     prompts, the hidden-state probe; see :func:`.deep.pre_hooks`) run those layers eagerly.

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from lmaas_tune.errors import ConfigError
 
 _LAYER_LIST_NAMES = ("layers", "layer", "h", "block", "blocks")
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import VerbalizerError
-from .base import ModelKind, ScoringBatch
+from lmaas_tune.errors import VerbalizerError
+from lmaas_tune.backends.base import ModelKind, ScoringBatch
 
 log = logging.getLogger("lmaas_tune")
 

@@ -19,7 +19,7 @@ trips:
 It runs the text rows of a shared-prefix pass (:mod:`.prefix_cache`); the prefix's keys and values
 come from the model's own forward pass. In float32 it matches the transformers path to rounding; in
 bfloat16 it rounds at some other points, and its logits are at least as close to float32 ones as
-the model's own bfloat16 layers' (README, "Speed"). Anything it does not know (another
+the model's own bfloat16 layers' (benchmarks/README.md, "Scoring speed"). Anything it does not know (another
 architecture, biases, a device other than the CPU) keeps the transformers path.
 """
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError, ModelNotFoundError
-from ..registry import Registry
-from .base import ModelKind
+from lmaas_tune.errors import ModelLoadError, ModelNotFoundError
+from lmaas_tune.registry import Registry
+from lmaas_tune.backends.base import ModelKind
 
 log = logging.getLogger("lmaas_tune")
 
@@ -80,8 +80,10 @@ def resolve_model(spec: str) -> ModelSource:
             raise ModelNotFoundError(f"GGUF file {spec!r} not found; check the --model path")
         return ModelSource(path.stem, "gguf", str(path.resolve()))
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{spec!r} is a directory without config.json; point --model at a saved transformers model")
+        from transformers.utils import CONFIG_NAME  # the file a saved transformers model describes itself in
+
+        if not (path / CONFIG_NAME).is_file():
+            raise ModelNotFoundError(f"{spec!r} is a directory without {CONFIG_NAME}; point --model at a saved transformers model")
         return ModelSource(path.name, "directory", str(path.resolve()))
     if spec.startswith(("/", ".", "~")) or spec.count("/") > 1:
         raise ModelNotFoundError(f"model path {spec!r} does not exist; check the --model path")
@@ -111,7 +113,9 @@ def _conversion_target(gguf: Path) -> Path:
 
 
 def _is_converted(target: Path) -> bool:
-    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+    from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
+
+    return (target / CONFIG_NAME).is_file() and (target / SAFE_WEIGHTS_NAME).is_file()
 
 
 def needs_conversion(source: ModelSource) -> bool:

@@ -1,6 +1,6 @@
 """A backend that scores prompts on one or more ``lmaas-tune serve`` services over HTTP.
 
-The wire protocol is :mod:`lmaas_tune.backends.wire` (``docs/protocol.md``). One
+The wire protocol is :mod:`lmaas_tune.wire` (``docs/protocol.md``). One
 ``aiohttp.ClientSession`` (keep-alive, explicit connect and request timeouts) serves every
 endpoint; each endpoint has its own :class:`EndpointGate` (concurrency cap, request and token
 buckets). Calls are spread over the endpoints by free capacity, so several services share one
@@ -43,18 +43,18 @@ import aiohttp
 import numpy as np
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from .. import __version__
-from ..errors import (
+from lmaas_tune import __version__
+from lmaas_tune.errors import (
     BadResponseError, ConfigError, IncompatibleServiceError, RejectedError, RemoteError, WireFormatError,
 )
-from ..deep_projection import DeepProjection, DeepProjectionSpec
-from ..projection import Projection, ProjectionSpec
-from .base import Backend, BackendInfo, ScoringBatch, check_prompts
+from lmaas_tune.projection import DeepProjection, DeepProjectionSpec
+from lmaas_tune.projection import Projection, ProjectionSpec
+from lmaas_tune.backends.base import Backend, BackendInfo, ScoringBatch, check_prompts
 from .ratelimit import EndpointGate, EndpointLimits, Sleep
-from .remote_http import exchange
+from .transport import exchange
 from .retrying import RetryConfig
-from .traffic import record_traffic
-from .wire import (
+from lmaas_tune.backends.traffic import record_retry, record_traffic
+from lmaas_tune.wire import (
     DTYPES, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, ServiceInfo, check_protocol, check_type, decode_array, encode_array,
     encode_batch, encode_spec, require,
 )
@@ -256,9 +256,9 @@ class RemoteBackend(Backend):
         failed: list[_Endpoint] = []
 
         def before_sleep(state: RetryCallState) -> None:
-            record_traffic(retries=1)
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
+            record_retry(f"{what} failed ({exc})", wait)
             log.warning("%s failed (%s); retry %d of %d in %.2f s", what, exc, state.attempt_number,
                         self._retry.max_attempts - 1, wait)
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from lmaas_tune.errors import ConfigError
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

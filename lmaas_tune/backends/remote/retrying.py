@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
-from ..errors import ConfigError
+from lmaas_tune.errors import ConfigError
 
 
 @dataclass(frozen=True)

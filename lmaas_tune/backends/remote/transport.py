@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from ..errors import (
+from lmaas_tune.errors import (
     AuthenticationError,
     BadResponseError,
     ConnectionLostError,
@@ -39,7 +39,7 @@ from ..errors import (
     ServerError,
 )
 from .retrying import parse_retry_after
-from .traffic import record_traffic
+from lmaas_tune.backends.traffic import record_traffic
 
 
 async def exchange(

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import ConfigError, NonFiniteLossError, RunDirectoryError
+from lmaas_tune.errors import ConfigError, NonFiniteLossError, RunDirectoryError
 from .base import Optimizer
 from .cma_state import dump_strategy, load_strategy
 

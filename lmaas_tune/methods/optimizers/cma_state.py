@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RunDirectoryError
+from lmaas_tune.errors import RunDirectoryError
 
 _GLOBAL_RNG = "numpy-global-random-state"
 _BUILTINS = {"range", "slice", "complex", "set", "frozenset", "bytearray", "list", "dict", "tuple", "object"}

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RunDirectoryError
+from lmaas_tune.errors import RunDirectoryError
 from .base import Optimizer
 from .cma_es import CMAES
 
