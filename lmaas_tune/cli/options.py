@@ -99,7 +99,9 @@ class BackendOptions:
     def settings(self, defaults: BackendSettings | None = None) -> BackendSettings:
         """The backend these options name; what they leave out comes from ``defaults``."""
         d = defaults or BackendSettings()
-        backend = self.backend or ("remote" if self.endpoint else d.backend)
+        backend = self.backend or d.backend
+        if self.endpoint and backend == "local":  # --endpoint implies the remote backend
+            backend = "remote"
         endpoints = tuple(self.endpoint) if self.endpoint else d.endpoints
         if backend == "remote" and not endpoints:
             raise ConfigError("--backend remote needs at least one --endpoint URL (from `lmaas-tune serve`)")
