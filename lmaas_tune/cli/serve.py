@@ -8,8 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from lmaas_tune.server import ServerConfig, resolve_token, serve
-
 from .app import app, err, handled
 from .display import Display
 from .loading import open_with_notes
@@ -36,7 +34,7 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option("--max-queue", help="Candidates waiting or running before requests get 503 + Retry-After.")] = 1024,
 ) -> None:
     """Serve a model over HTTP, for `fit --backend remote --endpoint URL` (stop with Ctrl-C: in-flight requests finish)."""
-    from ..server import ServerConfig, resolve_token, serve
+    from lmaas_tune.server import ServerConfig, resolve_token, serve  # the HTTP server loads only to serve
 
     config = ServerConfig(
         host=host, port=port, token=resolve_token(token_file, token_env), max_body_bytes=int(max_body_mb * 1024 * 1024),

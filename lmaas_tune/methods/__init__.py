@@ -11,10 +11,8 @@ Add a method: a module here with a :class:`Method` subclass that registers itsel
 :data:`METHODS`, imported below, and a :class:`~.presets.MethodPreset` for its knobs.
 """
 
-from . import bbt as _bbt  # noqa: F401  (registers "bbt")
-from . import bbtv2 as _bbtv2  # noqa: F401  (registers "bbtv2")
 from .base import METHODS, Method, SearchSpace
-from .bbt import ShallowBBT, text_prompt
+from .bbt import ShallowBBT, text_prompt  # importing a method's module registers it in METHODS
 from .bbtv2 import DeepBBT
 from .config import TuneConfig
 from .losses import LOSSES
