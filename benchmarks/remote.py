@@ -35,7 +35,7 @@ from lmaas_tune.backends.base import (
     Query,
     ScoringBatch,
 )
-from lmaas_tune.backends.remote.ratelimit import EndpointLimits
+from lmaas_tune.backends.http.ratelimit import EndpointLimits
 from lmaas_tune.backends.remote.client import RemoteBackend
 from lmaas_tune.wire import encode_array
 from lmaas_tune.tuning.ledger import BudgetLedger

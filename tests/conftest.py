@@ -209,3 +209,20 @@ def sp_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture(scope="session")
 def bytelevel_tokenizer() -> PreTrainedTokenizerFast:
     return roberta_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def vllm_url(request: pytest.FixtureRequest) -> str:
+    """A real vLLM server (scripts/vllm_server.sh): prompt embeddings on, API key ``vllm_support.KEY``."""
+    import vllm_support
+
+    url, started = vllm_support.start(vllm_support.PORT, "--api-key-env", vllm_support.KEY_ENV)
+    if started:
+        request.addfinalizer(lambda: vllm_support.stop(vllm_support.PORT))
+    return url
+
+
+@pytest.fixture(scope="session")
+def embedded_local() -> LocalBackend:
+    """The embedded model in this process, in float32: the reference the vLLM server is compared with."""
+    return LocalBackend.load("smollm2-135m", device="cpu", dtype="float32")

@@ -18,7 +18,7 @@ import aiohttp
 import numpy as np
 
 from lmaas_tune.backends.base import Backend, BackendInfo, Query, ScoringBatch
-from lmaas_tune.backends.remote.retrying import RetryConfig
+from lmaas_tune.backends.http.retrying import RetryConfig
 from lmaas_tune.server import RunningServer, ServerConfig
 from lmaas_tune.tasks import custom_task
 from lmaas_tune.tasks.task import Task

@@ -30,9 +30,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 #: peers in one layer that must not import each other (importer prefix -> forbidden prefixes)
 APART = {
-    "lmaas_tune.server": ("lmaas_tune.backends.local", "lmaas_tune.backends.remote"),
-    "lmaas_tune.backends.remote": ("lmaas_tune.backends.local", "lmaas_tune.server"),
-    "lmaas_tune.backends.local": ("lmaas_tune.backends.remote", "lmaas_tune.server", "lmaas_tune.wire"),
+    "lmaas_tune.server": ("lmaas_tune.backends.local", "lmaas_tune.backends.remote", "lmaas_tune.backends.vllm",
+                          "lmaas_tune.backends.http"),
+    "lmaas_tune.backends.http": ("lmaas_tune.backends.local", "lmaas_tune.backends.remote", "lmaas_tune.backends.vllm",
+                                 "lmaas_tune.server", "lmaas_tune.wire"),
+    "lmaas_tune.backends.remote": ("lmaas_tune.backends.local", "lmaas_tune.backends.vllm", "lmaas_tune.server"),
+    # the vLLM client embeds on its side as the local backend lays out its inputs (.models, .encoding)
+    "lmaas_tune.backends.vllm": ("lmaas_tune.backends.local.backend", "lmaas_tune.backends.remote",
+                                 "lmaas_tune.server", "lmaas_tune.wire"),
+    "lmaas_tune.backends.local": ("lmaas_tune.backends.remote", "lmaas_tune.backends.vllm", "lmaas_tune.backends.http",
+                                  "lmaas_tune.server", "lmaas_tune.wire"),
 }
 
 
@@ -135,7 +142,8 @@ def test_the_layer_check_sees_a_wrong_import(tmp_path: Path) -> None:
     assert any(t == "lmaas_tune.tuning.workflows" for t, _, _ in imports)
 
 
-@pytest.mark.parametrize("module", ["lmaas_tune.backends.remote", "lmaas_tune.server", "lmaas_tune.wire",
+@pytest.mark.parametrize("module", ["lmaas_tune.backends.remote", "lmaas_tune.backends.http", "lmaas_tune.backends.vllm",
+                                    "lmaas_tune.server", "lmaas_tune.wire",
                                     "lmaas_tune.backends"])
 def test_remote_client_and_server_load_without_torch(module: str) -> None:
     code = f"import sys, {module}; loaded = [m for m in ('torch', 'transformers') if m in sys.modules]; print(loaded)"

@@ -25,7 +25,7 @@ from test_remote_fit import assert_same_fit, fit
 
 from lmaas_tune.backends.local.backend import LocalBackend
 from lmaas_tune.backends.remote.client import RemoteBackend
-from lmaas_tune.backends.remote.retrying import RetryConfig
+from lmaas_tune.backends.http.retrying import RetryConfig
 from lmaas_tune.methods import TuneConfig
 from lmaas_tune.server import RunningServer, ServerConfig, create_app
 from lmaas_tune.tasks.task import Task

@@ -18,7 +18,7 @@ from test_remote_fit import assert_same_fit
 from lmaas_tune import BudgetSpent, DevChecked, EvaluationProgress, FitResult, GenerationReport, Retry
 from lmaas_tune.backends.base import Backend, ScoringBatch
 from lmaas_tune.backends.local.backend import LocalBackend
-from lmaas_tune.backends.remote.ratelimit import EndpointLimits
+from lmaas_tune.backends.http.ratelimit import EndpointLimits
 from lmaas_tune.backends.remote.client import RemoteBackend
 from lmaas_tune.methods import TuneConfig
 from lmaas_tune.backends.traffic import record_retry, record_traffic

@@ -15,9 +15,9 @@ from remote_support import CAUSAL_BATCH, MASKED_BATCH, NO_WAIT, GatedBackend, Re
 from lmaas_tune.backends.base import Query, ScoringBatch
 from lmaas_tune.backends.factory import BackendSettings, open_backend
 from lmaas_tune.backends.local.backend import LocalBackend
-from lmaas_tune.backends.remote.ratelimit import EndpointGate, EndpointLimits, TokenBucket
+from lmaas_tune.backends.http.ratelimit import EndpointGate, EndpointLimits, TokenBucket
 from lmaas_tune.backends.remote.client import RemoteBackend, token_from_env
-from lmaas_tune.backends.remote.retrying import RetryConfig, parse_retry_after
+from lmaas_tune.backends.http.retrying import RetryConfig, parse_retry_after
 from lmaas_tune.backends.traffic import metering
 from lmaas_tune.errors import (
     AuthenticationError,
@@ -189,7 +189,7 @@ async def test_a_dead_endpoint_fails_over_to_a_live_one(llama_backend: LocalBack
             await remote.connect()
         await remote.aclose()
         remote = await RemoteBackend([live.url], retry=NO_WAIT).connect()
-        remote._eps.append(type(remote._eps[0])(dead, EndpointLimits(), asyncio.sleep))  # it died after connecting
+        remote._eps.append(type(remote._eps[0])(dead, EndpointGate(EndpointLimits())))  # it died after connecting
         remote._eps[-1].service = remote._eps[0].service
         try:
             ledger = BudgetLedger(4)

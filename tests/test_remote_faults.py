@@ -26,7 +26,7 @@ from test_remote_fit import assert_same_fit, fit
 
 from lmaas_tune.backends.local.backend import LocalBackend
 from lmaas_tune.backends.remote.client import RemoteBackend, Timeouts
-from lmaas_tune.backends.remote.retrying import RetryConfig
+from lmaas_tune.backends.http.retrying import RetryConfig
 from lmaas_tune.methods import TuneConfig
 from lmaas_tune.tuning.fewshot import FewShotSplit
 from lmaas_tune.server import RunningServer, ServerConfig, create_app

@@ -18,7 +18,9 @@ class BackendSettings:
     The remote backend reads ``endpoints`` (service URLs sharing each population), the name of
     the environment variable holding its bearer token (``token_env``; the token itself is never
     stored), the upload mode and its per-endpoint limits; ``model``/``device``/``dtype`` are the
-    service's business then.
+    service's business then. The vLLM backend reads the same endpoint settings, plus ``model``
+    (what the client embeds with: the model the servers loaded) and ``served_model`` (the name
+    they serve it under; default: the one model they list).
     """
 
     backend: str = "local"
@@ -36,6 +38,7 @@ class BackendSettings:
     requests_per_second: float | None = None
     tokens_per_minute: float | None = None
     timeout_s: float = 120.0
+    served_model: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(self.endpoints))
@@ -57,20 +60,34 @@ def _local(settings: BackendSettings) -> Backend:
     )
 
 
-def _remote(settings: BackendSettings) -> Backend:
-    from lmaas_tune.backends.remote.ratelimit import EndpointLimits
-    from lmaas_tune.backends.remote.client import RemoteBackend, Timeouts, token_from_env
+def _http(settings: BackendSettings) -> dict[str, Any]:
+    """What every HTTP backend takes from the settings: token, per-endpoint limits, timeout."""
+    from lmaas_tune.backends.http import EndpointLimits, Timeouts
+    from lmaas_tune.backends.remote.client import token_from_env
 
-    return RemoteBackend.open(
-        settings.endpoints, token=token_from_env(settings.token_env), upload=settings.upload,
-        limits=EndpointLimits(settings.max_in_flight, settings.requests_per_second, None, settings.tokens_per_minute),
-        timeouts=Timeouts(request=settings.timeout_s),
-    )
+    return {"token": token_from_env(settings.token_env), "timeouts": Timeouts(request=settings.timeout_s),
+            "limits": EndpointLimits(settings.max_in_flight, settings.requests_per_second, None, settings.tokens_per_minute)}
+
+
+def _remote(settings: BackendSettings) -> Backend:
+    from lmaas_tune.backends.remote.client import RemoteBackend
+
+    return RemoteBackend.open(settings.endpoints, upload=settings.upload, **_http(settings))
+
+
+def _vllm(settings: BackendSettings) -> Backend:
+    from lmaas_tune.backends.vllm import VllmBackend
+
+    return VllmBackend.open(settings.endpoints, settings.model, served_model=settings.served_model,
+                            dtype=settings.dtype, **_http(settings))
 
 
 BACKENDS: Registry[Callable[[BackendSettings], Backend]] = Registry("backend")
 BACKENDS.add("local", _local)
 BACKENDS.add("remote", _remote)
+BACKENDS.add("vllm", _vllm)
+#: backends that talk to a service at --endpoint, and what should be serving there
+SERVICES = {"remote": "`lmaas-tune serve`", "vllm": "`vllm serve MODEL --enable-prompt-embeds`"}
 
 
 def open_backend(settings: BackendSettings) -> Backend:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from lmaas_tune.backends.factory import SERVICES
 from lmaas_tune.errors import ConfigError, LmaasTuneError, RunInterrupted
 from lmaas_tune.runs import checkpoint
 from lmaas_tune.runs.directory import RunDirectory
@@ -110,9 +111,9 @@ def _resume(run: RunDirectory, device: str | None, compile_layers: bool, concurr
     if run.finished:
         display.note(f"{run.path} is finished; its recorded result:")
         return _report_fit(stored_result(run), json_out)
-    if endpoint and record.backend.backend != "remote":
+    if endpoint and record.backend.backend not in SERVICES:
         raise ConfigError(f"--resume continues {run.path} with its stored settings, but --endpoint "
-                          f"{', '.join(endpoint)} (the run has the local backend); drop that option")
+                          f"{', '.join(endpoint)} (the run has the {record.backend.backend} backend); drop that option")
     settings = record.backend
     changes: dict[str, Any] = {"device": device} if device else {}
     if compile_layers:  # how the layers run, not what they compute: a resume may switch it on

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional, TypeVar, get_type_hints
 
 import typer
 
-from lmaas_tune.backends.factory import BACKENDS, BackendSettings
+from lmaas_tune.backends.factory import BACKENDS, SERVICES, BackendSettings
 from lmaas_tune.backends.local.models import DEFAULT_MODEL, EMBEDDED
 from lmaas_tune.errors import ConfigError
 from lmaas_tune.methods import METHOD_PRESETS, PRESETS, TuneConfig
@@ -32,8 +32,9 @@ from lmaas_tune.tasks.spec import TaskSpec, parse_columns, split_words
 
 DeviceOpt = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N or mps (default: auto).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="Local backend: compile the model's layers with torch.compile (the first calls of each input shape pay the compilation; docs/method.md).")]
-EndpointOpt = Annotated[Optional[list[str]], typer.Option("--endpoint", help="Remote backend: URL of an `lmaas-tune serve` service (repeatable: the endpoints share each population). Implies --backend remote.")]
-TokenEnvOpt = Annotated[Optional[str], typer.Option("--token-env", help="Remote backend: environment variable holding the bearer token (default: LMAAS_TUNE_TOKEN when set).")]
+EndpointOpt = Annotated[Optional[list[str]], typer.Option("--endpoint", help="Remote or vLLM backend: URL of an `lmaas-tune serve` service or a `vllm serve` server (repeatable: the endpoints share each population). Implies --backend remote unless --backend vllm is given.")]
+TokenEnvOpt = Annotated[Optional[str], typer.Option("--token-env", help="Remote or vLLM backend: environment variable holding the bearer token / API key (default: LMAAS_TUNE_TOKEN when set).")]
+ServedModelOpt = Annotated[Optional[str], typer.Option("--served-model", help="vLLM backend: the name the server serves the model under (default: the one model its /v1/models lists).")]
 ConcurrencyOpt = Annotated[Optional[int], typer.Option(help="Score calls in flight at once (default: what the backend says).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")]
 OnLongOpt = Annotated[Optional[str], typer.Option("--on-long", help="Inputs longer than the model limit: drop (and count them; the default) or error.")]
@@ -95,6 +96,7 @@ class BackendOptions:
     compile_layers: CompileOpt = False
     endpoint: EndpointOpt = None
     token_env: TokenEnvOpt = None
+    served_model: ServedModelOpt = None
 
     def settings(self, defaults: BackendSettings | None = None) -> BackendSettings:
         """The backend these options name; what they leave out comes from ``defaults``."""
@@ -103,17 +105,20 @@ class BackendOptions:
         if self.endpoint and backend == "local":  # --endpoint implies the remote backend
             backend = "remote"
         endpoints = tuple(self.endpoint) if self.endpoint else d.endpoints
-        if backend == "remote" and not endpoints:
-            raise ConfigError("--backend remote needs at least one --endpoint URL (from `lmaas-tune serve`)")
+        if backend in SERVICES and not endpoints:
+            raise ConfigError(f"--backend {backend} needs at least one --endpoint URL (from {SERVICES[backend]})")
+        if self.served_model and backend != "vllm":
+            raise ConfigError("--served-model names the model on a vLLM server; it needs --backend vllm")
         fused, compile_layers = self.fused or d.fused, self.compile_layers or d.compile
-        if backend == "remote" and (self.fused or self.compile_layers):
+        if backend in SERVICES and (self.fused or self.compile_layers):
             flag = "--fused" if self.fused else "--compile"
-            raise ConfigError(f"{flag} sets how a local model runs; the remote service decides that for its own: drop "
-                              f"{flag}, or pass it to `lmaas-tune serve`")
+            raise ConfigError(f"{flag} sets how a local model runs; the {backend} service decides that for its own: "
+                              f"drop {flag}")
         return dataclasses.replace(
             d, backend=backend, model=model_key(self.model) if self.model else d.model, device=self.device or d.device,
             dtype=self.dtype or d.dtype, kind=_given(self.model_kind, d.kind), fused=fused, compile=compile_layers,
             endpoints=endpoints, token_env=_given(self.token_env, d.token_env),
+            served_model=_given(self.served_model, d.served_model),
         )
 
     #: option -> BackendSettings field, for naming what differs (device, compile, endpoints and token may change)

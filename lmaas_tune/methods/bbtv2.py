@@ -32,8 +32,10 @@ class DeepBBT(Method):
     async def projection_spec(self, config: "TuneConfig", backend: Backend, train: ScoringBatch) -> AnySpec:
         info = backend.info
         if not info.supports_deep_prompts:
+            why = f" ({info.extra['no_deep_prompts']})" if "no_deep_prompts" in info.extra else ""
             raise ConfigError(f"--method bbtv2 needs a backend that takes deep (per-layer) prompts; {info.model_id} "
-                              f"on this backend does not (use the local backend or an lmaas-tune service)")
+                              f"on this backend does not{why}: use --method bbt, or the local backend or an "
+                              f"lmaas-tune service")
         std = await backend.hidden_state_std(train)
         if len(std) != info.num_layers:
             raise ConfigError(f"the backend measured {len(std)} layers; it reports {info.num_layers}")

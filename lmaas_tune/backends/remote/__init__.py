@@ -1,13 +1,12 @@
 """The remote backend: an aiohttp client of an lmaas-tune service (:mod:`lmaas_tune.wire`).
 
-Its parts: :mod:`.client` (the Backend), :mod:`.transport` (one HTTP exchange and its typed
-errors), :mod:`.retrying` (when and how long to wait before trying again), :mod:`.ratelimit`
-(per-endpoint request, token and concurrency limits). It never imports torch.
+:mod:`.client` is the Backend; endpoints, limits, retries and the typed HTTP errors come from
+:mod:`lmaas_tune.backends.http`, which it shares with the vLLM client. It never imports torch.
 """
 
-from .client import DEFAULT_TOKEN_ENV, UPLOADS, RemoteBackend, Timeouts, token_from_env
-from .ratelimit import EndpointLimits
-from .retrying import RetryConfig
+from lmaas_tune.backends.http import EndpointLimits, RetryConfig, Timeouts
+
+from .client import DEFAULT_TOKEN_ENV, UPLOADS, RemoteBackend, token_from_env
 
 __all__ = ["DEFAULT_TOKEN_ENV", "UPLOADS", "EndpointLimits", "RemoteBackend", "RetryConfig", "Timeouts",
            "token_from_env"]

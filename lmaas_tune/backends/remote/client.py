@@ -32,58 +32,43 @@ import asyncio
 import json
 import logging
 import os
-import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
 import aiohttp
 import numpy as np
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from lmaas_tune import __version__
 from lmaas_tune.errors import (
-    BadResponseError, ConfigError, IncompatibleServiceError, RejectedError, RemoteError, WireFormatError,
+    BadResponseError, ConfigError, IncompatibleServiceError, RejectedError, WireFormatError,
 )
 from lmaas_tune.projection import DeepProjection, DeepProjectionSpec
 from lmaas_tune.projection import Projection, ProjectionSpec
 from lmaas_tune.backends.base import Backend, BackendInfo, ScoringBatch, check_prompts
-from .ratelimit import EndpointGate, EndpointLimits, Sleep
-from .transport import exchange
-from .retrying import RetryConfig
-from lmaas_tune.backends.traffic import record_retry, record_traffic
+from lmaas_tune.backends.http import (
+    Endpoint, EndpointGate, EndpointLimits, EndpointPool, RetryConfig, Timeouts, exchange,
+)
+from lmaas_tune.backends.http.ratelimit import Sleep
+from lmaas_tune.backends.traffic import record_traffic
 from lmaas_tune.wire import (
     DTYPES, PROTOCOL_VERSION, SUPPORTED_PROTOCOLS, ServiceInfo, check_protocol, check_type, decode_array, encode_array,
     encode_batch, encode_spec, require,
 )
 
 log = logging.getLogger("lmaas_tune")
-T = TypeVar("T")
 
 DEFAULT_TOKEN_ENV = "LMAAS_TUNE_TOKEN"
 UPLOADS = ("auto", "embeddings", "projection")
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds to open a connection, and for a whole request (sending, waiting, reading)."""
-
-    connect: float = 10.0
-    request: float = 120.0
-
-
-class _Endpoint:
+class _Endpoint(Endpoint):
     """One service URL: its gate, its description and the batches it holds."""
 
-    def __init__(self, url: str, limits: EndpointLimits, sleep: Sleep) -> None:
-        self.url = url
-        self.gate = EndpointGate(limits, sleep=sleep)
+    def __init__(self, url: str, gate: EndpointGate) -> None:
+        super().__init__(url, gate)
         self.service: ServiceInfo | None = None
         self.registered: set[str] = set()
         self.registering = asyncio.Lock()
-        self.uses = 0
 
 
 def token_from_env(name: str | None) -> str | None:
@@ -94,13 +79,6 @@ def token_from_env(name: str | None) -> str | None:
     if not value:
         raise ConfigError(f"--token-env {name}: that environment variable is not set (or empty); export the token first")
     return value
-
-
-def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"endpoint {url!r} is not an http(s) URL; use e.g. http://127.0.0.1:8080")
-    return url.rstrip("/")
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -126,25 +104,15 @@ class RemoteBackend(Backend):
         wire_dtype: str = "float32",
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if not endpoints:
-            raise ConfigError("the remote backend needs at least one endpoint URL (--endpoint)")
         if upload not in UPLOADS:
             raise ConfigError(f"upload must be one of {UPLOADS}; got {upload!r}")
         if wire_dtype not in DTYPES:
             raise ConfigError(f"wire dtype must be one of {sorted(DTYPES)}; got {wire_dtype!r}")
-        urls = [_check_url(u) for u in endpoints]
-        if len(set(urls)) != len(urls):
-            raise ConfigError(f"an endpoint is listed twice: {urls}")
-        self._eps = [_Endpoint(u, limits, sleep) for u in urls]
-        self._retry, self._timeouts, self._upload, self._dtype = retry, timeouts, upload, wire_dtype
-        self._sleep, self._rng = sleep, random.Random()
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
-                         "User-Agent": f"lmaas-tune/{__version__}"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        self._pool = EndpointPool(endpoints, _Endpoint, server="`lmaas-tune serve`", token=token, limits=limits,
+                                  retry=retry, timeouts=timeouts, sleep=sleep)
+        self._eps = self._pool.endpoints
+        self._upload, self._dtype = upload, wire_dtype
         self._info: BackendInfo | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
         self._lengths: dict[str, tuple[int, ...]] = {}
 
     # -- connecting ---------------------------------------------------------------------------
@@ -155,7 +123,7 @@ class RemoteBackend(Backend):
         backend = cls(endpoints, **kwargs)
 
         async def describe() -> None:
-            async with backend._new_session() as session:
+            async with backend._pool.new_session() as session:
                 await backend._describe(session)
 
         with ThreadPoolExecutor(1, thread_name_prefix="lmaas-remote-open") as pool:
@@ -168,7 +136,7 @@ class RemoteBackend(Backend):
         If that fails the backend is closed (nothing stays open) and the error is raised.
         """
         try:
-            await self._describe(self._client())
+            await self._describe(self._pool.session())
         except BaseException:
             await self.aclose()
             raise
@@ -181,7 +149,7 @@ class RemoteBackend(Backend):
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        return tuple(e.url for e in self._eps)
+        return self._pool.urls
 
     @property
     def upload_mode(self) -> str:
@@ -195,22 +163,9 @@ class RemoteBackend(Backend):
             raise ConfigError("the remote backend is not connected; use `await backend.connect()` or RemoteBackend.open()")
         return self._info
 
-    def _new_session(self) -> aiohttp.ClientSession:
-        slots = sum(e.gate.limits.max_in_flight for e in self._eps)
-        connector = aiohttp.TCPConnector(limit=slots + len(self._eps), keepalive_timeout=30.0)
-        timeout = aiohttp.ClientTimeout(total=self._timeouts.request, connect=self._timeouts.connect)
-        return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._headers)
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise ConfigError("this remote backend is closed")
-        if self._session is None:
-            self._session = self._new_session()
-        return self._session
-
     async def _describe(self, session: aiohttp.ClientSession) -> None:
         async def fetch(ep: _Endpoint) -> ServiceInfo:
-            answer = await exchange(session, "GET", ep.url + "/v1/info")
+            answer = await exchange(session, "GET", ep.url + "/v1/info", server=self._pool.server)
             protocol = answer.get("protocol")
             if isinstance(protocol, int) and protocol not in SUPPORTED_PROTOCOLS:
                 raise IncompatibleServiceError(
@@ -222,7 +177,7 @@ class RemoteBackend(Backend):
                 raise BadResponseError(f"GET {ep.url}/v1/info: {exc}", endpoint=ep.url) from None
 
         # a service that cannot be reached at all when we start is most likely a wrong URL: retry once, not for minutes
-        services = [await self._call("describe", fetch, pinned=ep, attempts=min(2, self._retry.max_attempts))
+        services = [await self._pool.call("describe", fetch, pinned=ep, attempts=min(2, self._pool.retry.max_attempts))
                     for ep in self._eps]
         first = services[0].model
         for ep, svc in zip(self._eps, services):
@@ -242,55 +197,11 @@ class RemoteBackend(Backend):
         self._info = BackendInfo(
             model_id=first.model_id, kind=first.kind, hidden_size=first.hidden_size, num_layers=first.num_layers,
             embedding_std=first.embedding_std, max_length=first.max_length, device="remote", dtype=first.dtype,
-            max_concurrency=sum(e.gate.limits.max_in_flight for e in self._eps), max_prompts_per_call=None,
+            max_concurrency=self._pool.max_in_flight, max_prompts_per_call=None,
             supports_projection=projection_ok,
             supports_deep_prompts=all(s.model.supports_deep_prompts for s in services),
             extra={"endpoints": " ".join(self.endpoints), "upload": self._upload},
         )
-
-    # -- retries and routing --------------------------------------------------------------------
-
-    async def _call(self, what: str, fn: Callable[[_Endpoint], Awaitable[T]], *, pinned: _Endpoint | None = None,
-                    attempts: int | None = None) -> T:
-        """``fn(endpoint)``, retried on retryable failures, moving to another endpoint where there is one."""
-        failed: list[_Endpoint] = []
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            wait = state.next_action.sleep if state.next_action else 0.0
-            record_retry(f"{what} failed ({exc})", wait)
-            log.warning("%s failed (%s); retry %d of %d in %.2f s", what, exc, state.attempt_number,
-                        self._retry.max_attempts - 1, wait)
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(attempts or self._retry.max_attempts), wait=self._wait, sleep=self._sleep,
-            retry=retry_if_exception(lambda e: isinstance(e, RemoteError) and e.retryable),
-            before_sleep=before_sleep, reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                ep = pinned or self._pick(failed[-1] if failed else None)
-                try:
-                    return await fn(ep)
-                except RemoteError:
-                    record_traffic(failures=1)
-                    failed.append(ep)
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover - reraise=True raises the last error
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return self._retry.delay(state.attempt_number, getattr(exc, "retry_after", None), self._rng)
-
-    def _pick(self, avoid: _Endpoint | None) -> _Endpoint:
-        pool = [e for e in self._eps if e is not avoid] or self._eps
-        ep = max(pool, key=lambda e: (e.gate.free, -e.uses))
-        ep.uses += 1
-        return ep
-
-    async def _send(self, ep: _Endpoint, method: str, path: str, payload: bytes | None, tokens: int = 0) -> dict[str, Any]:
-        async with ep.gate.admit(tokens):
-            return await exchange(self._client(), method, ep.url + path, payload)
 
     # -- batches ----------------------------------------------------------------------------------
 
@@ -300,7 +211,7 @@ class RemoteBackend(Backend):
         async with ep.registering:
             if batch.key in ep.registered:
                 return
-            answer = await self._send(ep, "PUT", f"/v1/batches/{batch.key}",
+            answer = await self._pool.send(ep, "PUT", f"/v1/batches/{batch.key}",
                                       _dumps({"protocol": PROTOCOL_VERSION, "batch": encode_batch(batch)}))
             try:
                 if require(answer, "batch_key", "", str) != batch.key:
@@ -322,7 +233,7 @@ class RemoteBackend(Backend):
                     lengths.extend(await self.token_lengths(part))
                 self._lengths[batch.key] = tuple(lengths)
             else:
-                await self._call("registering a batch", lambda ep: self._register(ep, batch))
+                await self._pool.call("registering a batch", lambda ep: self._register(ep, batch))
         return self._lengths[batch.key]
 
     def _query_parts(self, batch: ScoringBatch) -> list[ScoringBatch]:
@@ -398,7 +309,7 @@ class RemoteBackend(Backend):
             await self._register(ep, batch)
             tokens = n * (sum(self._lengths[batch.key]) + plen * len(batch))
             try:
-                answer = await self._send(ep, "POST", "/v1/score", payload, tokens)
+                answer = await self._pool.send(ep, "POST", "/v1/score", payload, tokens)
             except RejectedError as exc:
                 if exc.code != "unknown_batch":
                     raise
@@ -406,10 +317,10 @@ class RemoteBackend(Backend):
                 record_traffic(failures=1, retries=1)
                 ep.registered.discard(batch.key)
                 await self._register(ep, batch)
-                answer = await self._send(ep, "POST", "/v1/score", payload, tokens)
+                answer = await self._pool.send(ep, "POST", "/v1/score", payload, tokens)
             return _read_logits(answer, batch.key, expected, ep.url)
 
-        return await self._call("scoring", once)
+        return await self._pool.call("scoring", once)
 
     async def hidden_state_std(self, batch: ScoringBatch) -> tuple[float, ...]:
         """The service's measurement (``POST /v1/hidden-std``); see :meth:`Backend.hidden_state_std`."""
@@ -420,7 +331,7 @@ class RemoteBackend(Backend):
 
         async def once(ep: _Endpoint) -> tuple[float, ...]:
             await self._register(ep, batch)
-            answer = await self._send(ep, "POST", "/v1/hidden-std", payload)
+            answer = await self._pool.send(ep, "POST", "/v1/hidden-std", payload)
             try:
                 check_protocol(answer)
                 values = tuple(check_type(x, "std[]", float) for x in require(answer, "std", "", list))
@@ -430,14 +341,14 @@ class RemoteBackend(Backend):
                 raise BadResponseError(f"POST {ep.url}/v1/hidden-std: malformed answer: {exc}", endpoint=ep.url) from None
             return values
 
-        return await self._call("measuring hidden states", once)
+        return await self._pool.call("measuring hidden states", once)
 
     async def embed_text(self, text: str) -> np.ndarray:
         """The service's input embeddings of ``text`` (``POST /v1/embed-text``); see :meth:`Backend.embed_text`."""
         payload = _dumps({"protocol": PROTOCOL_VERSION, "text": text})
 
         async def once(ep: _Endpoint) -> np.ndarray:
-            answer = await self._send(ep, "POST", "/v1/embed-text", payload)
+            answer = await self._pool.send(ep, "POST", "/v1/embed-text", payload)
             try:
                 check_protocol(answer)
                 rows = decode_array(require(answer, "embeddings", "", dict), "embeddings", ndim=2)
@@ -448,14 +359,11 @@ class RemoteBackend(Backend):
                 raise BadResponseError(f"POST {ep.url}/v1/embed-text: malformed answer: {exc}", endpoint=ep.url) from None
             return rows
 
-        return await self._call("embedding text", once)
+        return await self._pool.call("embedding text", once)
 
     async def aclose(self) -> None:
         """Close the session and its connections. Idempotent; the backend cannot be used afterwards."""
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self._pool.aclose()
 
 
 def _read_logits(answer: dict[str, Any], key: str, expected: tuple[int, int, int], url: str) -> np.ndarray:

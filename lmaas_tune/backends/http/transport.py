@@ -43,9 +43,12 @@ from lmaas_tune.backends.traffic import record_traffic
 
 
 async def exchange(
-    session: aiohttp.ClientSession, method: str, url: str, payload: bytes | None = None
+    session: aiohttp.ClientSession, method: str, url: str, payload: bytes | None = None, *,
+    server: str = "`lmaas-tune serve`",
 ) -> dict[str, Any]:
-    """Send ``payload`` (JSON bytes) and return the answer's JSON object; see the module docstring."""
+    """Send ``payload`` (JSON bytes) and return the answer's JSON object; see the module docstring.
+
+    ``server`` names what should be listening at ``url``, for the message when nothing is."""
     sent = len(payload) if payload is not None else 0
     record_traffic(attempts=1, bytes_up=sent)
     try:
@@ -58,7 +61,7 @@ async def exchange(
         err = exc.os_error
         reason = os.strerror(err.errno) if err is not None and err.errno else str(err or exc)
         raise ConnectionLostError(f"{method} {url}: cannot connect ({reason}); check the --endpoint URL and that "
-                                  f"`lmaas-tune serve` is running there", endpoint=url) from None
+                                  f"{server} is running there", endpoint=url) from None
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise ConnectionLostError(f"{method} {url}: connection lost ({type(exc).__name__}: {exc})", endpoint=url) from None
     except aiohttp.ClientResponseError as exc:  # the answer was not valid HTTP
@@ -78,13 +81,18 @@ async def exchange(
 
 
 def status_error(method: str, url: str, status: int, raw: bytes, retry_after_header: str | None) -> RemoteError:
-    """The typed error for a non-2xx answer, with the service's error code, field and message."""
+    """The typed error for a non-2xx answer, with the service's error code, field and message.
+
+    Both error bodies seen in practice are read: ``{"error": {"code", "field", "message"}}`` (an
+    lmaas-tune service) and the OpenAI style ``{"error": {"message", "type", "param", "code"}}``
+    (vLLM; its ``code`` is the HTTP status, so only a string code is kept)."""
     code = field = None
     message = raw[:200].decode("utf-8", "replace").strip()
     try:
         err = json.loads(raw).get("error")
         if isinstance(err, dict):
-            code, field = err.get("code"), err.get("field")
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+            field = err.get("field") or err.get("param")
             message = str(err.get("message", message))
     except (ValueError, AttributeError, UnicodeDecodeError):
         pass
