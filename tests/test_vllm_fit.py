@@ -75,7 +75,8 @@ def test_cli_fit_evaluates_predicts_and_resumes_after_sigkill_to_the_same_result
 
     texts = tmp_path / "texts.txt"
     texts.write_text("what a great movie\nthe plot was terrible\n", "utf-8")
-    code, out, err = _cli(["predict", str(whole), "--input", str(texts)]).finish()
+    moved = vllm_url.replace("127.0.0.1", "localhost")  # the server under another address: still vLLM
+    code, out, err = _cli(["predict", str(whole), "--input", str(texts), "--endpoint", moved]).finish()
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["label"] for r in rows] and len(rows) == 2 and "uncharged call" in err

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from lmaas_tune.backends.factory import BackendSettings
+from lmaas_tune.backends.factory import SERVICES, BackendSettings
 from lmaas_tune.runs.saved import SavedRun
 from lmaas_tune.tuning import workflows
 from lmaas_tune.tuning.ledger import BudgetLedger
@@ -27,13 +27,15 @@ from .options import (
 
 
 def saved_run_settings(saved: SavedRun, device: str | None, endpoint: list[str] | None, token_env: str | None,
-                       **local: bool) -> BackendSettings:
-    """A saved run's backend, moved to another device or to the service at ``endpoint``; ``local``
-    switches (``fused``, ``compile``) turn on how a local model runs."""
+                       backend: str | None = None, **local: bool) -> BackendSettings:
+    """A saved run's backend, moved to another device or to the service at ``endpoint`` (of the
+    kind ``backend`` names; default: the run's own service kind, else an lmaas-tune service);
+    ``local`` switches (``fused``, ``compile``) turn on how a local model runs."""
     switched: dict[str, Any] = {k: True for k, on in local.items() if on}
     settings = dataclasses.replace(saved.settings, device=device or "auto", **switched)
     if endpoint:  # the service moved: score the run's prompt on these endpoints
-        settings = dataclasses.replace(settings, backend="remote", endpoints=tuple(endpoint), token_env=token_env)
+        kind = backend or (settings.backend if settings.backend in SERVICES else "remote")
+        settings = dataclasses.replace(settings, backend=kind, endpoints=tuple(endpoint), token_env=token_env)
     return settings
 
 
@@ -55,7 +57,8 @@ def evaluate_cmd(
     if run_dir is not None:
         saved = SavedRun.load(run_dir)
         b = backend_opts
-        settings = saved_run_settings(saved, b.device, b.endpoint, b.token_env, fused=b.fused, compile=b.compile_layers)
+        settings = saved_run_settings(saved, b.device, b.endpoint, b.token_env, b.backend, fused=b.fused,
+                                      compile=b.compile_layers)
         spec = saved.task
     else:
         spec = task_opts.spec()
