@@ -223,6 +223,19 @@ def vllm_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
+def vllm_plain_url(request: pytest.FixtureRequest) -> str:
+    """A real vLLM server started *without* --enable-prompt-embeds (no API key), which the vLLM backend must refuse.
+
+    Starting it takes about two minutes; only tests that need this refusal ask for it."""
+    import vllm_support
+
+    url, started = vllm_support.start(vllm_support.PLAIN_PORT, "--no-prompt-embeds")
+    if started:
+        request.addfinalizer(lambda: vllm_support.stop(vllm_support.PLAIN_PORT))
+    return url
+
+
+@pytest.fixture(scope="session")
 def embedded_local() -> LocalBackend:
     """The embedded model in this process, in float32: the reference the vLLM server is compared with."""
     return LocalBackend.load("smollm2-135m", device="cpu", dtype="float32")

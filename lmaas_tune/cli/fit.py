@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lmaas_tune.backends.factory import SERVICES
-from lmaas_tune.errors import ConfigError, LmaasTuneError, RunInterrupted
+from lmaas_tune.errors import ConfigError, LmaasTuneError, RemoteError, RunInterrupted
 from lmaas_tune.runs import checkpoint
 from lmaas_tune.runs.directory import RunDirectory
 from lmaas_tune.runs.record import RunConfig
@@ -184,7 +184,8 @@ def _run_job(job: Any, run_dir: Path, ours: bool) -> FitResult:
     except KeyboardInterrupt:  # a second Ctrl-C: the files are consistent all the same
         raise _with_hint(RunInterrupted(2), run_dir) if ours else RunInterrupted(2) from None
     except LmaasTuneError as exc:  # a runtime failure (the service went away...): say how to continue
-        if exc.exit_code != 2 and ours:
+        # a service that refuses midway (a revoked key...) stops a run that a resume can continue too
+        if ours and (exc.exit_code != 2 or isinstance(exc, RemoteError)):
             raise _with_hint(exc, run_dir) from None
         raise
 

@@ -83,9 +83,10 @@ async def exchange(
 def status_error(method: str, url: str, status: int, raw: bytes, retry_after_header: str | None) -> RemoteError:
     """The typed error for a non-2xx answer, with the service's error code, field and message.
 
-    Both error bodies seen in practice are read: ``{"error": {"code", "field", "message"}}`` (an
-    lmaas-tune service) and the OpenAI style ``{"error": {"message", "type", "param", "code"}}``
-    (vLLM; its ``code`` is the HTTP status, so only a string code is kept)."""
+    The error bodies seen in practice are read: ``{"error": {"code", "field", "message"}}`` (an
+    lmaas-tune service), the OpenAI style ``{"error": {"message", "type", "param", "code"}}``
+    (vLLM; its ``code`` is the HTTP status, so only a string code is kept) and ``{"error": "text"}``
+    (vLLM's API-key check)."""
     code = field = None
     message = raw[:200].decode("utf-8", "replace").strip()
     try:
@@ -94,6 +95,8 @@ def status_error(method: str, url: str, status: int, raw: bytes, retry_after_hea
             code = err.get("code") if isinstance(err.get("code"), str) else None
             field = err.get("field") or err.get("param")
             message = str(err.get("message", message))
+        elif isinstance(err, str) and err.strip():
+            message = err.strip()
     except (ValueError, AttributeError, UnicodeDecodeError):
         pass
     retry_after = parse_retry_after(retry_after_header)

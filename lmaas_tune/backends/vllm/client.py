@@ -29,6 +29,7 @@ import base64
 import io
 import json
 import logging
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import aiohttp
 import numpy as np
 
 from lmaas_tune.errors import (
-    BadResponseError, ConfigError, IncompatibleServiceError, RejectedError, RemoteError,
+    AuthenticationError, BadResponseError, ConfigError, IncompatibleServiceError, RejectedError, RemoteError,
 )
 from lmaas_tune.backends.base import Backend, BackendInfo, ModelKind, ScoringBatch, check_prompts
 from lmaas_tune.backends.http import Endpoint, EndpointGate, EndpointLimits, EndpointPool, RetryConfig, Timeouts
@@ -117,6 +118,7 @@ class VllmBackend(Backend):
         self._pool = EndpointPool(endpoints, _Server, server="`vllm serve ... --enable-prompt-embeds`", token=token,
                                   limits=limits, retry=retry, timeouts=timeouts, sleep=sleep)
         self._model_spec, self._served, self._requests, self._dtype = model, served_model, requests, dtype
+        self._has_token = bool(token)
         self._model: ClientModel | None = None
         self._info: BackendInfo | None = None
         self._encoded: dict[str, EncodedBatch] = {}
@@ -185,7 +187,10 @@ class VllmBackend(Backend):
     async def _check(self, session: aiohttp.ClientSession, ep: _Server, model: ClientModel) -> None:
         from lmaas_tune.backends.http import exchange
 
-        listed = await exchange(session, "GET", ep.url + "/v1/models", server=self._pool.server)
+        try:
+            listed = await exchange(session, "GET", ep.url + "/v1/models", server=self._pool.server)
+        except AuthenticationError as exc:
+            raise _key_refusal(exc, ep.url, self._has_token) from None
         models = listed.get("data")
         if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models):
             raise BadResponseError(f"GET {ep.url}/v1/models: no list of models in the answer", endpoint=ep.url)
@@ -222,11 +227,11 @@ class VllmBackend(Backend):
             raise _refusal(exc, ep.url, model) from None
         try:
             _read_choices(answer, 1, (0, last), ep.url)
-        except BadResponseError:
+        except BadResponseError:  # an older vLLM ignores the field and answers with its top token only
             raise IncompatibleServiceError(
-                f"{ep.url} did not return the log-probabilities of the token ids it was asked for "
-                f"(`logprob_token_ids`, vLLM 0.32 or newer) or the vocabulary is smaller than {model.name}'s "
-                f"{model.vocab_size} tokens; upgrade vLLM or serve the same model", endpoint=ep.url) from None
+                f"{ep.url} ignored `logprob_token_ids` (it did not return the log-probabilities of the token ids "
+                f"it was asked for); the vLLM backend needs vLLM 0.32 or newer: upgrade vLLM on the server",
+                endpoint=ep.url) from None
 
     def _body(self, ep: _Server, embeds: list[str], label_ids: tuple[int, ...]) -> bytes:
         return _dumps({"model": ep.served, "prompt_embeds": embeds, "max_tokens": 1, "temperature": 0.0,
@@ -308,21 +313,45 @@ class VllmBackend(Backend):
         await self._pool.aclose()
 
 
+def _key_refusal(exc: AuthenticationError, url: str, has_token: bool) -> AuthenticationError:
+    """A 401/403 on connecting, as the fix: send the key, or send the right one."""
+    status = f"HTTP {exc.status_code}" if exc.status_code else "refused"
+    if has_token:
+        text = (f"{url} refused the API key ({status}); check --token-env: its variable must hold the key the "
+                f"server was started with (`vllm serve --api-key`, or VLLM_API_KEY)")
+    else:
+        text = (f"{url} requires an API key ({status}) and none was sent; pass --token-env VAR, with VAR holding "
+                f"the key the server was started with (`vllm serve --api-key`, or VLLM_API_KEY)")
+    return AuthenticationError(text, status_code=exc.status_code, endpoint=url, code=exc.code, field=exc.field)
+
+
 def _refusal(exc: RejectedError, url: str, model: ClientModel) -> RemoteError:
-    """A probe's 400 as the fix it calls for; other refusals pass unchanged."""
+    """A probe's 400 as the fix it calls for; other refusals pass unchanged.
+
+    vLLM 0.32 says (``renderers/embed_utils.py``, ``sampling_params.py``): "You must set
+    `--enable-prompt-embeds` to input `prompt_embeds`."; "`prompt_embeds` hidden_size 64 does not
+    match the model's hidden_size 576."; "token_id(s) [49215] in logprob_token_ids contain
+    out-of-vocab token ids. Vocabulary size: 49152"."""
     text = str(exc)
+    fix = "give --model the directory the server was started on"
+    mine = f"{model.name} ({model.directory})"
     if "enable-prompt-embeds" in text or "enable_prompt_embeds" in text:
         return IncompatibleServiceError(
             f"{url} was started without prompt embeddings; restart it with `vllm serve MODEL --enable-prompt-embeds`",
             endpoint=url)
     if "hidden_size" in text:
+        theirs = re.search(r"model's hidden_size (\d+)", text)
         return IncompatibleServiceError(
-            f"{url} serves a model of another hidden size than {model.name} ({model.hidden_size}): {text}; "
-            f"give --model the directory the server was started on", endpoint=url)
-    if exc.field == "logprob_token_ids" or "token" in text.lower() and "vocab" in text.lower():
+            f"{url} serves a model of hidden size {theirs.group(1) if theirs else 'other than ' + str(model.hidden_size)}"
+            f", but {mine} has hidden size {model.hidden_size}; {fix}", endpoint=url)
+    if "out-of-vocab" in text or ("vocab" in text.lower() and "token" in text.lower()):
+        theirs = re.search(r"[Vv]ocabulary size:? (\d+)", text)
         return IncompatibleServiceError(
-            f"{url} refused the label-token read ({text}); it needs vLLM 0.32 or newer and the same vocabulary "
-            f"as {model.name} ({model.vocab_size} tokens)", endpoint=url)
+            f"{url} serves a model with a vocabulary of {theirs.group(1) if theirs else 'fewer'} tokens, but {mine} "
+            f"has {model.vocab_size}; {fix}", endpoint=url)
+    if exc.field == "logprob_token_ids":
+        return IncompatibleServiceError(
+            f"{url} refused `logprob_token_ids` ({text}); the vLLM backend needs vLLM 0.32 or newer", endpoint=url)
     return exc
 
 

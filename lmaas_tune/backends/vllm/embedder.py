@@ -50,8 +50,10 @@ class ClientModel:
         try:
             config = AutoConfig.from_pretrained(str(directory))
             tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"could not read the tokenizer and config in {directory}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - transformers raises many kinds (OSError, ValueError, its own)
+            said = " ".join(str(exc).split())[:300]
+            raise ModelLoadError(f"could not read the config and tokenizer in {directory} ({type(exc).__name__}: "
+                                 f"{said}); check that --model is the model directory the server was started on") from exc
         if detect_kind(config) is not ModelKind.CAUSAL:
             raise ConfigError(f"{source.name} is a masked LM; a vLLM server scores the next token of causal LMs only: "
                               f"use --backend local (or an lmaas-tune service) for masked LMs")
@@ -102,8 +104,8 @@ def single_token_labels(tokenizer: Any, words: tuple[str, ...]) -> tuple[int, ..
         if len(pieces) > 1:
             raise VerbalizerError(
                 f"label word {word!r} is {len(pieces)} tokens {tokenizer.convert_ids_to_tokens(pieces)} for this model; "
-                f"the vLLM backend scores single-token label words only: choose a one-token word "
-                f"(e.g. with --label-words)")
+                f"the vLLM backend scores single-token label words only: choose a word that is one token "
+                f"with --label-words")
     return label_token_ids(tokenizer, words)
 
 
