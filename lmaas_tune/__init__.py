@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .backends.base import Backend, BackendInfo, ModelKind, Query, ScoringBatch
     from .backends.local import LocalBackend
     from .backends.remote import RemoteBackend
+    from .backends.vllm import VllmBackend
     from .methods import METHOD_PRESETS, PRESETS, TuneConfig, tune_config
     from .projection import Projection, ProjectionSpec
     from .runs import RunDirectory
@@ -84,6 +85,7 @@ _LAZY: dict[str, str] = {
     "ModelKind": ".backends.base",
     "LocalBackend": ".backends.local",
     "RemoteBackend": ".backends.remote",
+    "VllmBackend": ".backends.vllm",
     "Task": ".tasks",
     "custom_task": ".tasks",
     "TaskSpec": ".tasks",
@@ -112,6 +114,7 @@ __all__ = [
     "TuneConfig", "UnknownNameError", "VerbalizerError", "WireFormatError", "__version__", "custom_task",
     "evaluate_prompt", "get_task", "plot_runs", "read_runs",
     "METHOD_PRESETS", "Prediction", "predict", "tune_config", "Evaluation", "RunConfig", "RunDirectory",
+    "VllmBackend",
 ]
 
 

@@ -193,3 +193,15 @@ async def test_a_fit_through_faults_ends_as_the_fault_free_vllm_fit(vllm_url: st
     assert got["failures"] == got["retries"] == injected
     assert got["attempts"] == want["attempts"] + injected  # one extra attempt per fault, nothing else
     assert len(sleep.delays) == injected and 2.0 in sleep.delays and 1.0 in sleep.delays
+
+
+def test_the_vllm_example_runs(vllm_url: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LMAAS_TUNE_TOKEN": vllm_support.KEY, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(vllm_support.ROOT / "examples" / "vllm_fit.py"), vllm_url, "--budget", "20"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "test accuracy" in done.stdout and "20 calls in" in done.stdout
