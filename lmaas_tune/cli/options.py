@@ -112,8 +112,9 @@ class BackendOptions:
         fused, compile_layers = self.fused or d.fused, self.compile_layers or d.compile
         if backend in SERVICES and (self.fused or self.compile_layers):
             flag = "--fused" if self.fused else "--compile"
+            where = ", or pass it to `lmaas-tune serve`" if backend == "remote" else " (vLLM has options of its own)"
             raise ConfigError(f"{flag} sets how a local model runs; the {backend} service decides that for its own: "
-                              f"drop {flag}")
+                              f"drop {flag}{where}")
         return dataclasses.replace(
             d, backend=backend, model=model_key(self.model) if self.model else d.model, device=self.device or d.device,
             dtype=self.dtype or d.dtype, kind=_given(self.model_kind, d.kind), fused=fused, compile=compile_layers,
