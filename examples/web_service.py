@@ -188,8 +188,8 @@ class TuningService:
         field = job.task.format_for(self.backend.info.kind).template.fields[0]
         examples = [Example({field: t}, 0) for t in texts]
         data = await prepare(self.backend, job.task, examples, len(job.prompt), what="texts", on_long="error")
-        logits = await score_prompt(self.backend, job.prompt, data)
-        return [int(i) for i in logits.argmax(-1)]
+        scores = await score_prompt(self.backend, job.prompt, data)
+        return [int(i) for i in data.class_scores(scores).argmax(-1)]  # label words grouped into labels
 
     async def close(self) -> None:
         """Stop the jobs still running (each one's run directory stays resumable)."""
@@ -257,7 +257,7 @@ async def predict(request: web.Request) -> web.Response:
         labels = await request.app[SERVICE].predict(job, texts)
     except (ValueError, BadRequest, LmaasTuneError) as exc:
         return web.json_response({"error": str(exc) or "the body is not JSON"}, status=400)
-    words = job.task.format_for(request.app[SERVICE].backend.info.kind).label_words
+    words = job.task.format_for(request.app[SERVICE].backend.info.kind).verbalizer.names
     return web.json_response({"labels": labels, "label_words": [words[i] for i in labels]})
 
 

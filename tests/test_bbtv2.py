@@ -31,7 +31,7 @@ def test_method_presets_compose_with_size_presets() -> None:
     assert (cpu.method, cpu.sigma0, cpu.bounds, cpu.distribution, cpu.loss) == ("bbt", 0.5, (-5.0, 5.0), "uniform", "hinge")
     assert tune_config("cpu", "bbtv2", sigma0=0.7).sigma0 == 0.7  # explicit settings win
     assert tune_config() == TuneConfig()  # the paper's BBT is the default
-    assert set(METHOD_PRESETS) == {"bbt", "bbt-icml", "bbtv2"}
+    assert set(METHOD_PRESETS) == {"bbt", "bbt-icml", "bbt-cobyla", "bbtv2"}
     assert TuneConfig.from_dict({k: v for k, v in TuneConfig().to_dict().items() if k != "method"}).method == "bbt"
     with pytest.raises(ConfigError, match="unknown method"):
         TuneConfig(method="bbt3")

@@ -126,6 +126,45 @@ def test_fit_compile_is_stored_free_on_resume_and_local_only(data_dir: Path, lla
     assert res.exit_code == 2 and "--compile" in res.output and "lmaas-tune serve" in res.output
 
 
+def test_fit_with_several_words_per_label_then_evaluate_predict_and_resume(
+        data_dir: Path, llama_dir: Path, tmp_path: Path) -> None:
+    """`--label-words 'bad|terrible,great|good'`: the run records the grouping, `evaluate RUN_DIR`
+    reproduces the recorded metric, `predict` labels by the first word of each label, and a
+    `--resume` that names other label words is refused."""
+    args = _custom(data_dir, llama_dir)
+    args[args.index("bad,great")] = "bad | terrible, great|good"
+    run_dir = tmp_path / "run"
+    res = runner.invoke(app, ["fit", *args, *TINY, "--output", str(run_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    fitted = json.loads(res.stdout)
+    assert fitted["calls"] == 10
+    assert json.loads((run_dir / "config.json").read_text())["task"]["label_words"] == ["bad|terrible", "great|good"]
+    res = runner.invoke(app, ["evaluate", str(run_dir), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["value"] == fitted["test"]["value"]
+    res = runner.invoke(app, ["predict", str(run_dir), "--input", str(data_dir / "test.tsv"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    preds = [json.loads(line) for line in res.stdout.splitlines()]
+    gold = [line.split("\t")[1] for line in (data_dir / "test.tsv").read_text().splitlines()[1:]]
+    assert sum(p["label"] == {"0": "bad", "1": "great"}[g] for p, g in zip(preds, gold)) / len(gold) == \
+        pytest.approx(fitted["test"]["accuracy"], abs=1e-12)
+    assert all(set(p["probabilities"]) == {"bad", "great"} for p in preds)
+    res = runner.invoke(app, ["fit", "--resume", str(run_dir), "--label-words", "bad,great"])
+    assert res.exit_code == 2 and "--label-words" in res.output and "the run has" in res.output
+    res = runner.invoke(app, ["fit", "--resume", str(run_dir), "--label-words", "bad|terrible,great|good", "--json"])
+    assert res.exit_code == 0, res.output  # the same words: nothing changes, the stored result
+
+
+def test_tasks_lists_the_registered_verbalizers() -> None:
+    res = runner.invoke(app, ["tasks", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {(r["task"], r["kind"]): r for r in json.loads(res.stdout)}
+    assert rows["sst2", "causal"]["label_words"] == ["negative", "positive"]
+    assert rows["sst2", "causal"]["verbalizers"]["multi"][0].startswith("negative|bad|")
+    assert rows["agnews", "masked"]["verbalizers"]["multi"][3].startswith("Tech|")
+    assert rows["rte", "causal"]["verbalizers"] == {}
+
+
 def test_console_script_runs_as_a_real_process() -> None:
     exe = shutil.which("lmaas-tune") or str(Path(sys.executable).parent / "lmaas-tune")
     proc = subprocess.run([exe, "fit", "--task", "nope"], capture_output=True, text=True, timeout=120)

@@ -62,3 +62,18 @@ async def test_embedded_model_scores_sst2(embedded: LocalBackend) -> None:
     assert 0.0 <= acc <= 1.0
     result = await evaluate_prompt(embedded, task, examples)
     assert result.n == 8 and result.value == pytest.approx(acc)
+
+
+def test_registered_multi_word_label_sets_are_single_tokens(embedded: LocalBackend) -> None:
+    """Every word of the registered ``--verbalizer multi`` sets is one token for the embedded model,
+    with a first token of its own: the local backend reads it whole, and the vLLM backend (which
+    refuses words of several tokens) takes it."""
+    from lmaas_tune.backends.local.encoding import label_token_ids
+    from lmaas_tune.backends.vllm.embedder import single_token_labels
+    from lmaas_tune.tasks import TASKS
+
+    for name, task in TASKS.items():
+        for verbalizer in task.verbalizers.values():
+            ids = single_token_labels(embedded.tokenizer, verbalizer.words)
+            assert ids == label_token_ids(embedded.tokenizer, verbalizer.words), name
+            assert len(set(ids)) == len(verbalizer.words), name

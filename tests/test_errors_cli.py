@@ -34,6 +34,11 @@ CASES = {
     "template-no-mask": "must contain exactly one {mask} slot",
     "template-field-not-in-data": "missing column(s) ['text']",
     "label-words-repeat": "label words repeat: ['bad']",
+    "label-word-in-two-labels": "label words repeat: ['good']; give each word once, to one label only",
+    "label-without-words": "label 2 of ['bad', '', 'great'] has no label words",
+    "label-words-count": "task 'sst2' has 2 labels but the label words 'negative,bad,positive' name 3",
+    "verbalizer-unknown": "task 'sst2' has no verbalizer 'many'; registered: multi",
+    "verbalizer-and-label-words": "give --label-words or --verbalizer, not both",
     "label-words-collide": "start with the same token",
     "label-word-splits": "splits into 8 tokens",
     "data-file-missing": "not found",
@@ -62,6 +67,8 @@ CASES = {
     "resume-conflict": "--budget 12 (the run has 10)",
     "on-long-unknown": "--on-long must be drop or error",
     "prompt-init-deep": "--prompt-init is for --method bbt",
+    "optimizer-deep": "--optimizer cma-cobyla is for --method bbt",
+    "cma-fraction-range": "--cma-fraction must be more than 0 and at most 1",
     "column-malformed": "--column expects FIELD=COLUMN",
     "device-unavailable": "no such CUDA device",
 }
@@ -124,6 +131,13 @@ def test_templates_and_label_words(data: Path, llama_dir: Path, caplog: pytest.L
     check("template-field-not-in-data", ["evaluate", *task_args(data, llama_dir, template="{text} It was {mask}")], 2)
     check("label-words-repeat", ["evaluate", *task_args(data, llama_dir, words="bad,bad")], 2)
     check("label-words-collide", ["evaluate", *task_args(data, llama_dir, words="great,greatest")], 2)
+    # several words per label: ',' separates labels, '|' the words of one label
+    check("label-word-in-two-labels", ["evaluate", *task_args(data, llama_dir, words="bad|good,great|good")], 2)
+    check("label-without-words", ["evaluate", *task_args(data, llama_dir, words="bad,,great")], 2)
+    check("label-words-count", ["evaluate", "--task", "sst2", "--label-words", "negative,bad,positive"], 2)
+    check("verbalizer-unknown", ["evaluate", "--task", "sst2", "--verbalizer", "many"], 2)
+    check("verbalizer-and-label-words", ["evaluate", "--task", "sst2", "--verbalizer", "multi", "--label-words",
+                                         "bad,great"], 2)
     with caplog.at_level(logging.WARNING, logger="lmaas_tune"):  # a warning, not an error: the run goes on
         res = runner.invoke(app, ["evaluate", *task_args(data, llama_dir, words="bad,fantastic"), "--json"])
     assert res.exit_code == 0, res.output
@@ -164,6 +178,8 @@ def test_tuning_settings(data: Path, llama_dir: Path) -> None:
     check("sigma-not-finite", ["fit", *task_args(data, llama_dir), "--sigma", "inf"], 2)
     check("on-long-unknown", ["fit", *task_args(data, llama_dir), "--on-long", "truncate"], 2)
     check("prompt-init-deep", ["fit", *task_args(data, llama_dir), "--method", "bbtv2", "--prompt-init", "Review:"], 2)
+    check("optimizer-deep", ["fit", *task_args(data, llama_dir), "--method", "bbtv2", "--optimizer", "cma-cobyla"], 2)
+    check("cma-fraction-range", ["fit", *task_args(data, llama_dir), "--optimizer", "cma-cobyla", "--cma-fraction", "0"], 2)
     check("column-malformed", ["fit", *task_args(data, llama_dir), "--column", "sentence"], 2)
     check("device-unavailable", ["evaluate", *task_args(data, llama_dir), "--device", "cuda:99"], 2)
 

@@ -329,7 +329,7 @@ def test_task_spec_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be parsed"):
         TaskSpec.from_file(bad)
     extra = tmp_path / "extra.json"
-    extra.write_text(json.dumps({"template": "{s} {mask}", "verbalizer": "a,b"}), "utf-8")
+    extra.write_text(json.dumps({"template": "{s} {mask}", "label_map": "a,b"}), "utf-8")
     with pytest.raises(ConfigError, match="unknown key"):
         TaskSpec.from_file(extra)
 

@@ -19,6 +19,7 @@ import typer
 
 from lmaas_tune.backends.factory import SERVICES
 from lmaas_tune.errors import ConfigError, LmaasTuneError, RemoteError, RunInterrupted
+from lmaas_tune.methods import TuneConfig
 from lmaas_tune.runs import checkpoint
 from lmaas_tune.runs.directory import RunDirectory
 from lmaas_tune.runs.record import RunConfig
@@ -69,7 +70,8 @@ def fit_cmd(
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         output = Path("runs") / f"{spec.name}-{Path(settings.model).stem}-s{config.seed}-{stamp}"
     display.note(
-        f"fit {spec.name} ({config.method}): L={config.prompt_length} d={config.intrinsic_dim} popsize={config.popsize} "
+        f"fit {spec.name} ({config.method}{_optimizer_note(config)}): L={config.prompt_length} "
+        f"d={config.intrinsic_dim} popsize={config.popsize} "
         f"sigma={config.sigma0} budget={config.budget} loss={config.loss} {config.k_shot}-shot seed={config.seed} -> {output}"
     )
     run_dir = output
@@ -83,6 +85,12 @@ def fit_cmd(
                                            concurrency=concurrency, baseline=True if baseline is None else baseline)
 
     _report_fit(_run_job(job(), run_dir, ours), json_out)
+
+
+def _optimizer_note(config: TuneConfig) -> str:
+    if config.optimizer == "cma-cobyla":
+        return f", CMA-ES for {config.cma_fraction:g} of the budget, then COBYLA"
+    return ""
 
 
 @app.command("resume")

@@ -24,6 +24,7 @@ from lmaas_tune.backends.factory import BACKENDS, SERVICES, BackendSettings
 from lmaas_tune.backends.local.models import DEFAULT_MODEL, EMBEDDED
 from lmaas_tune.errors import ConfigError
 from lmaas_tune.methods import METHOD_PRESETS, PRESETS, TuneConfig
+from lmaas_tune.methods.optimizers import OPTIMIZERS
 from lmaas_tune.tasks.catalog import TASKS
 from lmaas_tune.tasks.data import absolute_data_path
 from lmaas_tune.tasks.spec import TaskSpec, parse_columns, split_words
@@ -54,7 +55,8 @@ class TaskOptions:
 
     task: Annotated[Optional[str], typer.Option("--task", "-t", help="Registered task (see `lmaas-tune tasks`; default sst2) or `custom`.")] = None
     template: Annotated[Optional[str], typer.Option(help="Template with {field} slots and one {mask}, e.g. '{sentence} It was {mask}'.")] = None
-    label_words: Annotated[Optional[str], typer.Option("--label-words", help="Comma-separated label words, in label order.")] = None
+    label_words: Annotated[Optional[str], typer.Option("--label-words", help="Label words in label order, comma-separated; several words for one label joined by | (e.g. 'negative|bad,positive|good'): a label scores the log-sum-exp of its words.")] = None
+    verbalizer: Annotated[Optional[str], typer.Option("--verbalizer", help="Label words the task registers under this name instead of its default ones (see `lmaas-tune tasks`), e.g. multi: several words per label on sst2, yelpp and agnews.")] = None
     train_file: Annotated[Optional[str], typer.Option("--train-file", help="Train pool (.tsv/.csv/.jsonl with a header).")] = None
     test_file: Annotated[Optional[str], typer.Option("--test-file", help="Test set, same format.")] = None
     column: Annotated[Optional[list[str]], typer.Option("--column", help="Map a template field to a column: FIELD=COLUMN (repeatable).")] = None
@@ -68,19 +70,24 @@ class TaskOptions:
             return TaskSpec.from_file(self.task_file)
         d = defaults or TaskSpec("sst2")
         name = self.task or d.name
+        label_words, verbalizer = d.label_words, d.verbalizer
+        if self.label_words is not None or self.verbalizer is not None:  # alternatives: one given replaces both
+            label_words, verbalizer = split_words(self.label_words), self.verbalizer
         spec = TaskSpec(
             TASKS.canonical(name) if name in TASKS else name,
-            _given(self.template, d.template), _given(split_words(self.label_words), d.label_words),
+            _given(self.template, d.template), label_words,
             _given(absolute_data_path(self.train_file), d.train), _given(absolute_data_path(self.test_file), d.test),
             parse_columns(self.column) if self.column else dict(d.columns), _given(self.label_column, d.label_column),
             _given(tuple(v.strip() for v in self.labels.split(",")) if self.labels else None, d.labels), d.metric,
+            verbalizer,
         )
         spec.build()  # validate now, before a model is loaded
         return spec
 
     #: option -> TaskSpec field, for naming what differs
-    FIELDS = {"task": "name", "template": "template", "label_words": "label_words", "train_file": "train",
-              "test_file": "test", "column": "columns", "label_column": "label_column", "labels": "labels"}
+    FIELDS = {"task": "name", "template": "template", "label_words": "label_words", "verbalizer": "verbalizer",
+              "train_file": "train", "test_file": "test", "column": "columns", "label_column": "label_column",
+              "labels": "labels"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,11 +151,14 @@ class TuningOptions:
     eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="Calls between dev checks; paper: 100.")] = None
     prompt_init: Annotated[Optional[str], typer.Option("--prompt-init", help="Start the search from this text's token embeddings (repeated to L tokens) instead of zeros: p = A z + p0. Default: zeros, the paper's.")] = None
     on_long: OnLongOpt = None
+    optimizer: Annotated[Optional[str], typer.Option(help="How z is searched (--method bbt only; default cma-es): " + "; ".join(f"{n}: {d}" for n, d in OPTIMIZERS.items()) + ".")] = None
+    cma_fraction: Annotated[Optional[float], typer.Option("--cma-fraction", help="--optimizer cma-cobyla: the share of the budget CMA-ES gets before COBYLA takes over (rounded down to whole generations); default 0.5.")] = None
 
     #: option -> TuneConfig field
     FIELDS = {"seed": "seed", "budget": "budget", "popsize": "popsize", "prompt_length": "prompt_length",
               "intrinsic_dim": "intrinsic_dim", "sigma": "sigma0", "alpha": "alpha", "loss": "loss", "k_shot": "k_shot",
-              "eval_every": "eval_every", "on_long": "on_long", "prompt_init": "prompt_init"}
+              "eval_every": "eval_every", "on_long": "on_long", "prompt_init": "prompt_init", "optimizer": "optimizer",
+              "cma_fraction": "cma_fraction"}
 
     def config(self, defaults: TuneConfig | None = None) -> TuneConfig:
         """The size preset, then the method preset, then the explicit options (the same composition
@@ -164,7 +174,7 @@ class TuningOptions:
         for opt, f in self.FIELDS.items():
             if f == field and getattr(self, opt) is not None:
                 return opt
-        return "method" if self.method and field in ("method", "sigma0", "alpha", "distribution", "bounds", "loss") else "preset"
+        return "method" if self.method and field in ("method", "sigma0", "alpha", "distribution", "bounds", "loss", "optimizer") else "preset"
 
 
 def _given(value: Any, default: Any) -> Any:

@@ -18,6 +18,7 @@ class _TaskRow(TypedDict):
     kind: str
     template: str
     label_words: list[str]
+    verbalizers: dict[str, list[str]]
     metric: str
     description: str
 
@@ -25,20 +26,22 @@ class _TaskRow(TypedDict):
 @app.command("tasks")
 @handled
 def tasks_cmd(json_out: JsonOpt = False) -> None:
-    """List the registered tasks with their templates and label words."""
+    """List the registered tasks with their templates and label words (and other label words, by --verbalizer name)."""
     rows: list[_TaskRow] = []
     for name, task in TASKS.items():
+        others = {v: list(words.entries()) for v, words in task.verbalizers.items()}
         for kind, fmt in (("masked", task.masked), ("causal", task.causal)):
             if fmt is not None:
                 rows.append({"task": name, "kind": kind, "template": fmt.template.text,
-                             "label_words": list(fmt.label_words), "metric": task.metric,
-                             "description": task.description})
+                             "label_words": list(fmt.verbalizer.entries()), "verbalizers": others,
+                             "metric": task.metric, "description": task.description})
     if json_out:
         out.print_json(json.dumps(rows))
         return
     table = Table(title="tasks", show_lines=True)
-    for col in ("task", "model kind", "template", "label words", "metric"):
-        table.add_column(col)
+    for col in ("task", "model kind", "template", "label words (--verbalizer NAME: others)", "metric"):
+        table.add_column(col, overflow="fold" if col.startswith("label") else "ellipsis")
     for r in rows:
-        table.add_row(r["task"], r["kind"], repr(r["template"])[1:-1], ", ".join(r["label_words"]), r["metric"])
+        words = "\n".join([", ".join(r["label_words"]), *(f"{v}: {', '.join(w)}" for v, w in r["verbalizers"].items())])
+        table.add_row(r["task"], r["kind"], repr(r["template"])[1:-1], words, r["metric"])
     out.print(table)

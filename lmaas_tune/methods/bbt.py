@@ -1,12 +1,15 @@
 """``bbt`` (Sun et al., ICML 2022): one CMA-ES over z in R^d; the prompt is ``A z + p0`` (``[L, D]``).
 
+The optimiser over z is CMA-ES (the paper's) or, with ``optimizer="cma-cobyla"``, CMA-ES and then
+COBYLA from its best point (BBT-RGB's two-stage optimiser, :mod:`.optimizers.two_stage`).
+
 A is scaled from the model's word-embedding std; p0 is zeros (the paper's) or the embeddings of a
 text (``prompt_init``), repeated to L tokens.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,7 +18,7 @@ from lmaas_tune.errors import ConfigError
 from lmaas_tune.projection import AnySpec, Projection, ProjectionSpec
 
 from .base import METHODS, Method, SearchSpace
-from .optimizers import CMAES
+from .optimizers import CMAES, CMACobyla, Optimizer
 
 if TYPE_CHECKING:
     from .config import TuneConfig
@@ -40,9 +43,16 @@ class ShallowBBT(Method):
     def space(self, config: "TuneConfig", spec: AnySpec, base: np.ndarray | None = None) -> SearchSpace:
         if not isinstance(spec, ProjectionSpec):
             raise ConfigError("method bbt needs a plain projection; this run stores a deep one")
-        opt = CMAES(config.intrinsic_dim, popsize=config.popsize, sigma0=config.sigma0, seed=config.seed,
-                    bounds=config.bounds)
-        return SearchSpace(opt, Projection(spec, base))
+        return SearchSpace(shallow_optimizer(config), Projection(spec, base))
+
+
+def shallow_optimizer(config: "TuneConfig") -> Optimizer:
+    """The optimiser over z that ``config.optimizer`` names (:data:`~.optimizers.OPTIMIZERS`)."""
+    common: dict[str, Any] = {"popsize": config.popsize, "sigma0": config.sigma0, "seed": config.seed,
+                              "bounds": config.bounds}
+    if config.optimizer == "cma-cobyla":
+        return CMACobyla(config.intrinsic_dim, budget=config.budget, cma_fraction=config.cma_fraction, **common)
+    return CMAES(config.intrinsic_dim, **common)
 
 
 def text_prompt(rows: np.ndarray, length: int, text: str = "") -> np.ndarray:

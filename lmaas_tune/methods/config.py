@@ -11,6 +11,7 @@ from lmaas_tune.projection import DISTRIBUTIONS
 
 from .base import METHODS
 from .losses import LOSSES
+from .optimizers import OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class TuneConfig:
     #: the initial prompt p0 in p = A z + p0: "" for zeros (the paper's), or a text whose token
     #: embeddings, repeated to L tokens, start the search from real words
     prompt_init: str = ""
+    #: how z is searched (:data:`lmaas_tune.methods.optimizers.OPTIMIZERS`): "cma-es" (the paper's) or
+    #: "cma-cobyla" (CMA-ES, then COBYLA from its best point; method bbt only)
+    optimizer: str = "cma-es"
+    #: cma-cobyla: the share of the budget CMA-ES gets (rounded down to whole generations, at least one)
+    cma_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.popsize < 2:
@@ -60,6 +66,12 @@ class TuneConfig:
         LOSSES.get(self.loss)
         DISTRIBUTIONS.get(self.distribution)
         object.__setattr__(self, "method", METHODS.canonical(self.method))
+        object.__setattr__(self, "optimizer", OPTIMIZERS.canonical(self.optimizer))
+        if not 0 < self.cma_fraction <= 1:
+            raise ConfigError(f"--cma-fraction must be more than 0 and at most 1; got {self.cma_fraction}")
+        if self.optimizer != "cma-es" and self.method != "bbt":
+            raise ConfigError(f"--optimizer {self.optimizer} is for --method bbt; {self.method} runs a CMA-ES per "
+                              f"layer (leave --optimizer out)")
         if self.prompt_init and self.method != "bbt":
             raise ConfigError(f"--prompt-init is for --method bbt; {self.method} starts from zeros "
                               f"(leave --prompt-init out)")

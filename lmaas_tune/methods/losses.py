@@ -1,4 +1,7 @@
-"""Losses over label-word logits: ``(logits [P, N, C], labels [N]) -> [P]`` (lower is better)."""
+"""Losses over label scores: ``(logits [P, N, C], labels [N]) -> [P]`` (lower is better).
+
+``C`` is the number of labels: with several words per label, the caller first pools each label's
+word scores (:meth:`lmaas_tune.tasks.verbalizer.Verbalizer.aggregate`)."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 Two families compose: a *size* preset (:data:`PRESETS`: ``paper``, ``cpu``) sets how big the run
 is (prompt length, budget); a *method* preset (:data:`METHOD_PRESETS`: ``bbt``, ``bbt-icml``,
-``bbtv2``) sets the algorithm and its knobs (method, sigma0, alpha, projection distribution,
-bounds, loss). :func:`tune_config` applies the size preset, then the method preset, then explicit
-settings, which always win.
+``bbt-cobyla``, ``bbtv2``) sets the algorithm and its knobs (method, sigma0, alpha, projection
+distribution, bounds, loss, optimizer). :func:`tune_config` applies the size preset, then the
+method preset, then explicit settings, which always win.
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ class MethodPreset:
     distribution: str
     bounds: tuple[float, float] | None
     loss: str
+    optimizer: str = "cma-es"
 
     def apply(self, config: TuneConfig) -> TuneConfig:
         return replace(config, method=self.method, sigma0=self.sigma0, alpha=self.alpha,
-                       distribution=self.distribution, bounds=self.bounds, loss=self.loss)
+                       distribution=self.distribution, bounds=self.bounds, loss=self.loss, optimizer=self.optimizer)
 
 
 METHOD_PRESETS: Registry[MethodPreset] = Registry("method preset")
@@ -60,6 +61,10 @@ METHOD_PRESETS.add("bbt", MethodPreset(
 METHOD_PRESETS.add("bbt-icml", MethodPreset(
     "BBT as in the ICML paper's older preset: sigma 0.5, bounds [-5, 5], uniform projection, hinge loss",
     "bbt", 0.5, 1.0, "uniform", (-5.0, 5.0), "hinge"))
+METHOD_PRESETS.add("bbt-cobyla", MethodPreset(
+    "BBT with a two-stage optimiser, as BBT-RGB: CMA-ES for --cma-fraction of the budget (default half), then "
+    "COBYLA from its best point; otherwise bbt's knobs",
+    "bbt", 1.0, 1.0, "normal", None, "ce", "cma-cobyla"), aliases=("bbt-two-stage",))
 METHOD_PRESETS.add("bbtv2", MethodPreset(
     "deep BBT (BBTv2): a prompt at every layer, a CMA-ES per layer in turn; sigma 0.2, alpha 0.2 (per-layer "
     "scale from hidden-state std), normal projection, no bounds, cross-entropy",

@@ -6,8 +6,9 @@ from .metrics import METRICS
 from .spec import TaskSpec
 from .task import Task, custom_task
 from .template import PromptFormat, Template
+from .verbalizer import Verbalizer
 
 __all__ = [
     "METRICS", "TASKS", "Example", "HubSource", "PromptFormat", "TableSource", "Task", "Template",
-    "TaskSpec", "custom_task", "get_task", "read_rows",
+    "TaskSpec", "Verbalizer", "custom_task", "get_task", "read_rows",
 ]

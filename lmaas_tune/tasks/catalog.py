@@ -1,4 +1,10 @@
-"""The seven tasks of the BBT paper, registered by name with its templates and label words."""
+"""The seven tasks of the BBT paper, registered by name with its templates and label words.
+
+The label words of each template are the paper's (the default). A task may also register other
+label words by name, picked with ``--verbalizer NAME``: ``multi`` gives SST-2, Yelp and AG News
+several words per label, each a single token in its leading-space form for the embedded model
+(so the vLLM backend takes them too).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from lmaas_tune.registry import Registry
 from .data import HubSource, TableSource
 from .task import Task
 from .template import PromptFormat
+from .verbalizer import Verbalizer
 
 TASKS: Registry[Task] = Registry("task")
 
@@ -14,6 +21,13 @@ _SENTIMENT_WORDS = ("bad", "great")
 # (benchmarks/templates.py: 85.0% zero-shot vs 62.3% for "{sentence} . It was {mask}" bad/great).
 _REVIEW = PromptFormat.of("Review: {sentence}\nSentiment:{mask}", ("negative", "positive"))
 _PAIR_MASKED = "{sentence1} ? {mask} , {sentence2}"
+
+#: several label words per label; each label's first word names it
+_SENTIMENT_MULTI = {"multi": Verbalizer.of("negative|bad|terrible|awful,positive|good|great|excellent")}
+_TOPIC_MULTI = {"multi": Verbalizer.of(
+    "World|world|politics|international,Sports|sports|football|game,Business|business|economy|market,"
+    "Tech|technology|science|computer"
+)}
 
 
 def _pair_causal(question: str) -> str:
@@ -33,6 +47,7 @@ TASKS.add(
         ),
         masked=PromptFormat.of("{sentence} . It was {mask} .", _SENTIMENT_WORDS),
         causal=_REVIEW,
+        verbalizers=_SENTIMENT_MULTI,
     ),
     aliases=("sst", "sst-2"),
 )
@@ -45,6 +60,7 @@ TASKS.add(
         source=HubSource("yelp_polarity", None, "train", "test", {"sentence": "text"}),
         masked=PromptFormat.of("{sentence} . It was {mask} .", _SENTIMENT_WORDS),
         causal=_REVIEW,
+        verbalizers=_SENTIMENT_MULTI,
     ),
     aliases=("yelp", "yelp-p", "yelp_polarity"),
 )
@@ -64,6 +80,7 @@ TASKS.add(
         causal=PromptFormat.of(
             "{sentence} The news above is about {mask}", ("World", "Sports", "Business", "Tech")
         ),
+        verbalizers=_TOPIC_MULTI,
     ),
     aliases=("ag", "ag_news"),
 )

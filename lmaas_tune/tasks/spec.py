@@ -16,11 +16,24 @@ from lmaas_tune.errors import ConfigError
 from .catalog import TASKS
 from .data import TableSource
 from .task import Task, custom_task
+from .verbalizer import LABEL_SEP, WORD_SEP
 
 
 def split_words(text: str | None) -> tuple[str, ...] | None:
-    """``"bad, great"`` -> ``("bad", "great")`` (``None`` for nothing)."""
-    return tuple(w.strip() for w in text.split(",") if w.strip()) if text else None
+    """``"bad, great"`` -> ``("bad", "great")``; ``"negative|bad, positive|good"`` ->
+    ``("negative|bad", "positive|good")``: one entry per label (``None`` for nothing). An empty
+    entry stays, for the verbalizer to refuse with the label it belongs to."""
+    if not text:
+        return None
+    return tuple(WORD_SEP.join(w.strip() for w in entry.split(WORD_SEP)) for entry in text.split(LABEL_SEP))
+
+
+def _entries(value: Any) -> Any:
+    """Label words as stored (one ``"a|b"`` entry per label), from a list whose items may also
+    be lists of one label's words (``[["negative", "bad"], ["positive", "good"]]``)."""
+    if value is None or isinstance(value, str):
+        return value
+    return tuple(WORD_SEP.join(str(w) for w in e) if isinstance(e, (list, tuple)) else e for e in value)
 
 
 def parse_columns(items: Sequence[str] | None) -> dict[str, str]:
@@ -37,7 +50,11 @@ def parse_columns(items: Sequence[str] | None) -> dict[str, str]:
 @dataclass(frozen=True)
 class TaskSpec:
     """A registered task by ``name`` (the other fields override parts of it), or a custom task
-    (any other name, with template, label words and train/test files)."""
+    (any other name, with template, label words and train/test files).
+
+    ``label_words`` holds one entry per label; an entry of several words joins them with ``|``
+    (``("negative|bad", "positive|good")``). ``verbalizer`` names label words the registered task
+    registers instead (``"multi"``); it and ``label_words`` are alternatives."""
 
     name: str = "custom"
     template: str | None = None
@@ -48,12 +65,19 @@ class TaskSpec:
     label_column: str = "label"
     labels: tuple[str, ...] | None = None
     metric: str | None = None
+    verbalizer: str | None = None
 
     def build(self) -> Task:
         if (self.train is None) != (self.test is None):
             raise ConfigError("give both --train-file and --test-file (or neither)")
         if self.name in TASKS:
-            task = TASKS.get(self.name).with_format(self.template, self.label_words)
+            task = TASKS.get(self.name)
+            if self.verbalizer is not None:
+                if self.label_words:
+                    raise ConfigError(f"give --label-words or --verbalizer, not both (--verbalizer {self.verbalizer} "
+                                      f"names label words the task comes with)")
+                task = task.with_verbalizer(self.verbalizer)
+            task = task.with_format(self.template, self.label_words)
             if self.train is not None:
                 fmt = task.causal or task.masked
                 assert fmt is not None  # a Task always has a format
@@ -67,6 +91,9 @@ class TaskSpec:
                 TASKS.miss_message(self.name)
                 + " For your own data use --task custom with --template, --label-words, --train-file and --test-file."
             )
+        if self.verbalizer is not None:
+            raise ConfigError("--verbalizer names label words a registered task comes with; a custom task has none: "
+                              "give its label words with --label-words (several per label as 'negative|bad,positive|good')")
         missing = [opt for opt, v in (("--template", self.template), ("--label-words", self.label_words),
                                       ("--train-file", self.train), ("--test-file", self.test)) if not v]
         if missing:
@@ -80,11 +107,14 @@ class TaskSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["columns"] = dict(self.columns)
+        if self.verbalizer is None:  # a record without one reads as before (and by an earlier lmaas-tune)
+            del d["verbalizer"]
         return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
         d = dict(data)
+        d["label_words"] = _entries(d.get("label_words"))
         for key in ("label_words", "labels"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
@@ -93,7 +123,9 @@ class TaskSpec:
     @classmethod
     def from_file(cls, path: str | Path) -> "TaskSpec":
         """A ``.toml``/``.json`` file with keys template, label_words, train, test and optionally
-        name, columns, label_column, labels, metric. Relative data paths are relative to the file."""
+        name, columns, label_column, labels, metric, verbalizer. Relative data paths are relative to
+        the file. ``label_words`` is ``"bad, great"``, ``"negative|bad, positive|good"``, or a list
+        with one string (``"negative|bad"``) or one list of words per label."""
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"task file {str(p)!r} not found")
@@ -105,9 +137,10 @@ class TaskSpec:
         extra = set(cfg) - allowed
         if extra:
             raise ConfigError(f"task file {str(p)!r}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
-        for key in ("label_words", "labels"):  # "a, b" strings, as on the command line
-            if isinstance(cfg.get(key), str):
-                cfg[key] = [w.strip() for w in cfg[key].split(",")]
+        if isinstance(cfg.get("label_words"), str):  # "a|b, c" as on the command line
+            cfg["label_words"] = split_words(cfg["label_words"]) or ()
+        if isinstance(cfg.get("labels"), str):
+            cfg["labels"] = [w.strip() for w in cfg["labels"].split(",")]
         for key in ("train", "test"):
             if cfg.get(key) and not Path(cfg[key]).is_absolute():
                 cfg[key] = str((p.parent / cfg[key]).resolve())

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from lmaas_tune.backends.base import ModelKind, ScoringBatch
-from lmaas_tune.errors import ConfigError, TemplateError
+from lmaas_tune.errors import ConfigError, TemplateError, UnknownNameError, VerbalizerError
 from .data import Example, HubSource, TableSource
 from .metrics import METRICS
 from .template import PromptFormat
+from .verbalizer import LABEL_SEP, WORD_SEP, Verbalizer, VerbalizerLike
 
 
 @dataclass(frozen=True)
 class Task:
-    """What to classify, how to ask a masked or a causal LM about it, and how to score it."""
+    """What to classify, how to ask a masked or a causal LM about it, and how to score it.
+
+    ``verbalizers`` are other label words registered for the task by name (``--verbalizer NAME``),
+    each for both model kinds; the formats' own label words are the default.
+    """
 
     name: str
     description: str
@@ -22,14 +27,19 @@ class Task:
     masked: PromptFormat | None = None
     causal: PromptFormat | None = None
     metric: str = "accuracy"
+    verbalizers: Mapping[str, Verbalizer] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         METRICS.get(self.metric)
         formats = [f for f in (self.masked, self.causal) if f is not None]
         if not formats:
             raise ConfigError(f"task {self.name!r} needs a prompt format")
-        if len({len(f.label_words) for f in formats}) != 1:
+        if len({f.verbalizer.num_classes for f in formats}) != 1:
             raise ConfigError(f"task {self.name!r}: its prompt formats disagree on the number of labels")
+        for name, verbalizer in self.verbalizers.items():
+            if verbalizer.num_classes != formats[0].verbalizer.num_classes:
+                raise ConfigError(f"task {self.name!r}: its verbalizer {name!r} has {verbalizer.num_classes} labels, "
+                                  f"the task {formats[0].verbalizer.num_classes}")
 
     @property
     def _masked_or_causal(self) -> PromptFormat:
@@ -40,7 +50,7 @@ class Task:
 
     @property
     def num_labels(self) -> int:
-        return len(self._masked_or_causal.label_words)
+        return self._masked_or_causal.verbalizer.num_classes
 
     def format_for(self, kind: ModelKind) -> PromptFormat:
         fmt = self.masked if kind is ModelKind.MASKED else self.causal
@@ -50,15 +60,23 @@ class Task:
         fmt.template.check_kind(kind)
         return fmt
 
-    def with_format(
-        self, template: str | None = None, label_words: Sequence[str] | str | None = None
-    ) -> "Task":
-        """The same task with the template and/or label words replaced (for both model kinds)."""
-        if template is None and label_words is None:
+    def with_format(self, template: str | None = None, label_words: VerbalizerLike | None = None) -> "Task":
+        """The same task with the template and/or label words replaced (for both model kinds).
+
+        ``label_words`` as :meth:`Verbalizer.of` reads them: ``"bad,great"``, or several words per
+        label, ``"negative|bad,positive|good"``."""
+        if template is None and not label_words:
             return self
+        given = Verbalizer.of(label_words) if label_words else None
+        if given is not None and given.num_classes != self.num_labels:
+            raise VerbalizerError(
+                f"task {self.name!r} has {self.num_labels} labels but the label words {str(given)!r} name "
+                f"{given.num_classes}; give one entry per label, in label order: '{LABEL_SEP}' separates labels, "
+                f"'{WORD_SEP}' the words of one label (e.g. '{_example((self.causal or self._masked_or_causal).verbalizer)}')"
+            )
 
         def swap(cur: PromptFormat) -> PromptFormat:
-            return PromptFormat.of(template or cur.template.text, label_words or cur.label_words)
+            return PromptFormat.of(template or cur.template.text, given or cur.verbalizer)
 
         if template is not None:  # one template serves both model kinds
             cur = self.causal or self.masked
@@ -71,11 +89,17 @@ class Task:
                 masked=swap(self.masked) if self.masked else None,
                 causal=swap(self.causal) if self.causal else None,
             )
-        if task.num_labels != self.num_labels:
-            raise ConfigError(
-                f"task {self.name!r} has {self.num_labels} labels but {task.num_labels} label words were given"
-            )
         return task
+
+    def with_verbalizer(self, name: str) -> "Task":
+        """The same task read with its label words registered as ``name`` (see ``verbalizers``)."""
+        if name not in self.verbalizers:
+            known = ", ".join(self.verbalizers)
+            raise UnknownNameError(
+                f"task {self.name!r} has no verbalizer {name!r}; "
+                + (f"registered: {known}" if known else "it registers none")
+                + " (`lmaas-tune tasks` lists them), or give your own words with --label-words")
+        return self.with_format(label_words=self.verbalizers[name])
 
     def load(self, split: str) -> list[Example]:
         """``split`` is ``"train"`` (the pool few-shot splits are drawn from) or ``"test"``."""
@@ -93,10 +117,15 @@ class Task:
         return ScoringBatch(tuple(fmt.template.render(e.texts) for e in examples), fmt.label_words)
 
 
+def _example(verbalizer: Verbalizer) -> str:
+    """``"negative|...,positive|..."``: the syntax, shown with a task's own label names."""
+    return LABEL_SEP.join(f"{name}{WORD_SEP}..." for name in verbalizer.names)
+
+
 def custom_task(
     *,
     template: str,
-    label_words: Sequence[str] | str,
+    label_words: VerbalizerLike,
     train: str,
     test: str,
     columns: Mapping[str, str] | None = None,
@@ -105,7 +134,8 @@ def custom_task(
     metric: str = "accuracy",
     name: str = "custom",
 ) -> Task:
-    """A task from a template string, label words and local files.
+    """A task from a template string, label words (``"bad,great"``; several per label as
+    ``"negative|bad,positive|good"``) and local files.
 
     Template fields map to same-named columns unless ``columns`` says otherwise; ``labels`` lists the
     raw label values in label-word order (default: sorted, numerically if they are integers).

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lmaas_tune.backends.base import ModelKind, Query
 from lmaas_tune.errors import TemplateError
+from .verbalizer import Verbalizer, VerbalizerLike
 
 MASK = "mask"
 
@@ -77,26 +78,18 @@ class Template:
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """A template and the label words it is read with, in label order."""
+    """A template and the label words it is read with: one or more words per label, in label order."""
 
     template: Template
-    label_words: tuple[str, ...]
+    verbalizer: Verbalizer
 
-    def __post_init__(self) -> None:
-        from lmaas_tune.errors import VerbalizerError
-
-        words = tuple(w.strip() for w in self.label_words)
-        object.__setattr__(self, "label_words", words)
-        if len(words) < 2:
-            raise VerbalizerError(f"need at least two label words; got {list(words)}")
-        if any(not w for w in words):
-            raise VerbalizerError(f"label words must not be empty; got {list(self.label_words)}")
-        dupes = sorted({w for w in words if words.count(w) > 1})
-        if dupes:
-            raise VerbalizerError(f"label words repeat: {dupes}; give one distinct word per label")
+    @property
+    def label_words(self) -> tuple[str, ...]:
+        """Every label's words, label after label: the words a backend scores."""
+        return self.verbalizer.words
 
     @classmethod
-    def of(cls, template: str, label_words: Sequence[str] | str) -> "PromptFormat":
-        if isinstance(label_words, str):
-            label_words = tuple(w for w in label_words.split(",") if w.strip())
-        return cls(Template(template), tuple(label_words))
+    def of(cls, template: str, label_words: VerbalizerLike) -> "PromptFormat":
+        """``label_words``: ``"bad,great"``, ``"negative|bad,positive|good"`` (``|`` joins the words
+        of one label), one entry per label, or a :class:`Verbalizer`."""
+        return cls(Template(template), Verbalizer.of(label_words))

@@ -15,6 +15,7 @@ from lmaas_tune.runs.results import Evaluation
 from lmaas_tune.tasks.data import Example
 from lmaas_tune.tasks.metrics import METRICS
 from lmaas_tune.tasks.task import Task
+from lmaas_tune.tasks.verbalizer import Verbalizer
 
 from .ledger import BudgetLedger
 from .scheduler import PopulationScheduler
@@ -24,14 +25,27 @@ log = logging.getLogger("lmaas_tune")
 
 @dataclass(frozen=True)
 class LabelledBatch:
-    """A rendered batch, its gold labels, and how many inputs were dropped as too long."""
+    """A rendered batch, its gold labels, how many inputs were dropped as too long, and how the
+    batch's label words group into labels (``None``: one word per label, in the batch's order)."""
 
     batch: ScoringBatch
     labels: np.ndarray
     dropped: int = 0
+    verbalizer: Verbalizer | None = None
+
+    def __post_init__(self) -> None:
+        if self.verbalizer is not None and self.verbalizer.words != self.batch.label_words:
+            raise ValueError(f"the verbalizer's words {list(self.verbalizer.words)} are not the batch's "
+                             f"{list(self.batch.label_words)}")
 
     def __len__(self) -> int:
         return len(self.batch)
+
+    def class_scores(self, scores: np.ndarray) -> np.ndarray:
+        """Label scores ``[..., C]`` from a backend's word scores ``[..., W]`` on this batch
+        (:meth:`Verbalizer.aggregate`; unchanged with one word per label). Every loss, metric and
+        prediction reads these, never the word scores."""
+        return scores if self.verbalizer is None else self.verbalizer.aggregate(scores)
 
 
 ON_LONG = ("drop", "error")
@@ -53,6 +67,7 @@ async def prepare(
     if not examples:
         raise DataError(f"no {what} to score")
     batch = task.render(examples, backend.info.kind)
+    verbalizer = task.format_for(backend.info.kind).verbalizer
     lengths = np.array(await backend.token_lengths(batch))
     keep = np.flatnonzero(lengths + prompt_length <= backend.info.max_length)
     dropped = len(examples) - len(keep)
@@ -72,12 +87,13 @@ async def prepare(
                             f"{backend.info.max_length} tokens; shorten them or lower --prompt-length")
         batch = batch.subset([int(i) for i in keep])
     labels = np.array([examples[int(i)].label for i in keep], dtype=np.int64)
-    return LabelledBatch(batch, labels, dropped)
+    return LabelledBatch(batch, labels, dropped, verbalizer)
 
 
-def summarise(logits: np.ndarray, data: LabelledBatch, metric: str) -> Evaluation:
-    """Metric of ``logits [N, C]`` against ``data``'s labels."""
-    pred = predictions(logits)
+def summarise(scores: np.ndarray, data: LabelledBatch, metric: str) -> Evaluation:
+    """Metric of a backend's word scores ``[N, W]`` on ``data`` against its labels (the words
+    grouped into labels by ``data``'s verbalizer first)."""
+    pred = predictions(data.class_scores(scores))
     value = METRICS.get(metric)(pred, data.labels)
     acc = METRICS.get("accuracy")(pred, data.labels)
     return Evaluation(metric, float(value), float(acc), len(data), data.dropped, tuple(int(p) for p in pred))
@@ -93,7 +109,8 @@ async def score_prompt(
     ledger: BudgetLedger | None = None,
     concurrency: int | None = None,
 ) -> np.ndarray:
-    """Logits ``[N, C]`` of one prompt (``[L, D]``, deep ``[layers, L, D]``, or None) on ``data``,
+    """Word scores ``[N, W]`` (the backend's, one per label word; :meth:`LabelledBatch.class_scores`
+    groups them into labels) of one prompt (``[L, D]``, deep ``[layers, L, D]``, or None) on ``data``,
     ``chunk`` examples per call, as many calls at once as the backend allows (or ``concurrency``),
     through the :class:`~.scheduler.PopulationScheduler`; recorded in ``ledger`` as uncharged."""
     scheduler = PopulationScheduler(backend, ledger or BudgetLedger.for_scoring(), concurrency=concurrency)

@@ -3,8 +3,9 @@
 Inputs are rows of template field values. They come from TSV, CSV or JSON-lines text (a header
 or keys naming the template's fields, or the columns the task maps them from; other columns are
 ignored) or from plain lines, one text per line, for templates with a single field. Each row gets
-a :class:`Prediction`: the label word the prompt picks and the softmax over the label words
-(the same readout ``evaluate`` scores). Rows are scored ``batch_size`` at a time, in order.
+a :class:`Prediction`: the label the prompt picks, named by its (first) label word, and the
+softmax over the labels (the same readout ``evaluate`` scores; a label of several words pools them,
+see :meth:`~lmaas_tune.tasks.verbalizer.Verbalizer.aggregate`). Rows are scored ``batch_size`` at a time, in order.
 An input too long for the model with the prompt is not scored: its prediction says so.
 
     async with LocalBackend.load(...) as backend:
@@ -38,7 +39,8 @@ FORMATS = ("auto", "lines", "tsv", "csv", "jsonl")
 
 @dataclass(frozen=True)
 class Prediction:
-    """The label a tuned prompt gives one input (``None`` when the input was too long to score)."""
+    """The label a tuned prompt gives one input (``None`` when the input was too long to score):
+    ``label`` is the label's first label word, ``probabilities`` the softmax over the labels, by name."""
 
     label: str | None
     label_index: int | None
@@ -149,8 +151,8 @@ async def iter_predictions(
     ledger = ledger or BudgetLedger.for_scoring()
     task = saved.task.build()
     prompt = saved.prompt()
-    fmt = task.format_for(backend.info.kind)
-    words = fmt.label_words
+    verbalizer = task.format_for(backend.info.kind).verbalizer
+    names = verbalizer.names
     for lo in range(0, len(rows), batch_size):
         part = rows[lo:lo + batch_size]
         batch = task.render([Example(dict(r), 0) for r in part], backend.info.kind)
@@ -159,11 +161,12 @@ async def iter_predictions(
         out: list[Prediction] = [Prediction(None, None, None, f"longer than the model limit of {backend.info.max_length} "
                                                               f"tokens with the prompt") for _ in part]
         if fits:
-            data = LabelledBatch(batch.subset(fits), np.zeros(len(fits), dtype=np.int64))
-            probs = _softmax(await score_prompt(backend, prompt, data, chunk=batch_size, ledger=ledger))
+            data = LabelledBatch(batch.subset(fits), np.zeros(len(fits), dtype=np.int64), verbalizer=verbalizer)
+            probs = _softmax(data.class_scores(await score_prompt(backend, prompt, data, chunk=batch_size,
+                                                                  ledger=ledger)))
             for k, i in enumerate(fits):
                 best = int(probs[k].argmax())
-                out[i] = Prediction(words[best], best, {w: float(p) for w, p in zip(words, probs[k])})
+                out[i] = Prediction(names[best], best, {w: float(p) for w, p in zip(names, probs[k])})
         if progress:
             progress(lo + len(part), len(rows))
         yield out

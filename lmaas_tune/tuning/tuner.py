@@ -167,6 +167,8 @@ class BlackBoxTuner:
             if run is not None and s.committed is not None and not run.finished:
                 mark_stopped(run, s.committed, s.ledger, _reason(exc))
             raise
+        finally:
+            s.opt.close()  # an optimiser's worker thread (COBYLA's) ends with the fit
 
     def _open_run(self, resume: bool) -> RunDirectory | None:
         if self.run_dir is None:
@@ -233,7 +235,8 @@ class BlackBoxTuner:
         population = s.opt.ask()
         n = ledger.reserve(len(population))
         zs = np.asarray(population[:n])
-        logits = await s.scheduler.evaluate(s.project(zs), s.train.batch, z=zs, projection=s.project)
+        scores = await s.scheduler.evaluate(s.project(zs), s.train.batch, z=zs, projection=s.project)
+        logits = s.train.class_scores(scores)  # [P, N, C]: the label words grouped into labels
         losses = LOSSES.get(cfg.loss)(logits, s.train.labels)
         if n == len(population):
             s.opt.tell(population, losses)
@@ -285,15 +288,15 @@ class BlackBoxTuner:
 
     async def _dev_metric(self, scheduler: PopulationScheduler, project: AnyProjection, z: np.ndarray, dev: LabelledBatch) -> float:
         zs = np.atleast_2d(z)
-        logits = await scheduler.evaluate(project(zs), dev.batch, charged=False, z=zs, projection=project)
-        return summarise(logits[0], dev, self.task.metric).value
+        scores = await scheduler.evaluate(project(zs), dev.batch, charged=False, z=zs, projection=project)
+        return summarise(scores[0], dev, self.task.metric).value
 
     async def _test(self, scheduler: PopulationScheduler, prompt: np.ndarray | None, data: LabelledBatch) -> Evaluation:
         """Score ``prompt`` (``None``: the manual template alone) on the prepared test set (uncharged)."""
         what = "test" if prompt is not None else "manual"
-        logits = await scheduler.score_examples(
+        scores = await scheduler.score_examples(
             prompt, data.batch, progress=lambda d, t: self._emit(EvaluationProgress(d, t, what)))
-        return summarise(logits, data, self.task.metric)
+        return summarise(scores, data, self.task.metric)
 
     @staticmethod
     def _best_record(best: Candidate, dev: float, project: AnyProjection, generation: int) -> dict[str, Any]:

@@ -104,6 +104,12 @@ class CMAES(Optimizer):
     def sigma(self) -> float:
         return float(self._es.sigma)
 
+    @property
+    def stds(self) -> np.ndarray:
+        """The coordinate-wise standard deviations of the search distribution (sigma times the
+        root of the covariance diagonal)."""
+        return np.asarray(self._es.stds, dtype=np.float64)
+
     def checkpoint(self) -> tuple[dict[str, Any], bytes]:
         kind, keys, pos, has_gauss, gauss = self._rng["rng"]
         state = {
