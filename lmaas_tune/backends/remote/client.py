@@ -33,7 +33,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -44,7 +43,8 @@ from lmaas_tune.errors import (
 )
 from lmaas_tune.projection import DeepProjection, DeepProjectionSpec
 from lmaas_tune.projection import Projection, ProjectionSpec
-from lmaas_tune.backends.base import Backend, BackendInfo, ScoringBatch, check_prompts
+from lmaas_tune.backends.base import BackendInfo, ScoringBatch, check_prompts
+from lmaas_tune.backends.http.backend import HttpBackend
 from lmaas_tune.backends.http import (
     Endpoint, EndpointGate, EndpointLimits, EndpointPool, RetryConfig, Timeouts, exchange,
 )
@@ -85,12 +85,14 @@ def _dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
-class RemoteBackend(Backend):
+class RemoteBackend(HttpBackend):
     """Scores prompts on remote services; see the module docstring.
 
     Construct, then describe the services with ``await backend.connect()`` (or ``async with``),
     or use the blocking :meth:`open`. ``sleep`` replaces the retry and rate-limit sleeps (tests).
     """
+
+    label = "the remote backend"
 
     def __init__(
         self,
@@ -117,53 +119,14 @@ class RemoteBackend(Backend):
 
     # -- connecting ---------------------------------------------------------------------------
 
-    @classmethod
-    def open(cls, endpoints: Sequence[str], **kwargs: Any) -> "RemoteBackend":
-        """Blocking: describe the services (in a helper thread with its own event loop)."""
-        backend = cls(endpoints, **kwargs)
-
-        async def describe() -> None:
-            async with backend._pool.new_session() as session:
-                await backend._describe(session)
-
-        with ThreadPoolExecutor(1, thread_name_prefix="lmaas-remote-open") as pool:
-            pool.submit(asyncio.run, describe()).result()
-        return backend
-
-    async def connect(self) -> "RemoteBackend":
-        """Fetch ``/v1/info`` from every endpoint and check they serve the same model.
-
-        If that fails the backend is closed (nothing stays open) and the error is raised.
-        """
-        try:
-            await self._describe(self._pool.session())
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aenter__(self) -> "RemoteBackend":
-        if self._info is None:
-            await self.connect()
-        return self
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        return self._pool.urls
-
     @property
     def upload_mode(self) -> str:
         """``embeddings`` or ``projection``, once connected."""
         self.info  # noqa: B018 - raises when not connected
         return self._upload
 
-    @property
-    def info(self) -> BackendInfo:
-        if self._info is None:
-            raise ConfigError("the remote backend is not connected; use `await backend.connect()` or RemoteBackend.open()")
-        return self._info
-
-    async def _describe(self, session: aiohttp.ClientSession) -> None:
+    async def _connect(self, session: aiohttp.ClientSession) -> None:
+        """Fetch ``/v1/info`` from every endpoint and check they serve the same model."""
         async def fetch(ep: _Endpoint) -> ServiceInfo:
             answer = await exchange(session, "GET", ep.url + "/v1/info", server=self._pool.server)
             protocol = answer.get("protocol")
@@ -361,9 +324,6 @@ class RemoteBackend(Backend):
 
         return await self._pool.call("embedding text", once)
 
-    async def aclose(self) -> None:
-        """Close the session and its connections. Idempotent; the backend cannot be used afterwards."""
-        await self._pool.aclose()
 
 
 def _read_logits(answer: dict[str, Any], key: str, expected: tuple[int, int, int], url: str) -> np.ndarray:

@@ -31,7 +31,6 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +40,8 @@ import numpy as np
 from lmaas_tune.errors import (
     AuthenticationError, BadResponseError, ConfigError, IncompatibleServiceError, RejectedError, RemoteError,
 )
-from lmaas_tune.backends.base import Backend, BackendInfo, ModelKind, ScoringBatch, check_prompts
+from lmaas_tune.backends.base import BackendInfo, ModelKind, ScoringBatch, check_prompts
+from lmaas_tune.backends.http.backend import HttpBackend
 from lmaas_tune.backends.http import Endpoint, EndpointGate, EndpointLimits, EndpointPool, RetryConfig, Timeouts
 from lmaas_tune.backends.http.ratelimit import Sleep
 from lmaas_tune.backends.local.encoding import EncodedBatch
@@ -92,7 +92,7 @@ def encode_embeds(rows: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class VllmBackend(Backend):
+class VllmBackend(HttpBackend):
     """Scores prompts on vLLM servers; see the module docstring.
 
     ``model`` is what the client embeds with (the embedded name, a directory, a ``.gguf`` file or
@@ -100,6 +100,8 @@ class VllmBackend(Backend):
     (default: the one model ``/v1/models`` lists). Construct, then ``await backend.connect()`` (or
     ``async with``), or use the blocking :meth:`open`.
     """
+
+    label = "the vLLM backend"
 
     def __init__(
         self,
@@ -124,43 +126,6 @@ class VllmBackend(Backend):
         self._encoded: dict[str, EncodedBatch] = {}
 
     # -- connecting ---------------------------------------------------------------------------
-
-    @classmethod
-    def open(cls, endpoints: Sequence[str], model: str, **kwargs: Any) -> "VllmBackend":
-        """Blocking: load the client's model and check the servers (in a helper thread with its own loop)."""
-        backend = cls(endpoints, model, **kwargs)
-
-        async def check() -> None:
-            async with backend._pool.new_session() as session:
-                await backend._connect(session)
-
-        with ThreadPoolExecutor(1, thread_name_prefix="lmaas-vllm-open") as pool:
-            pool.submit(asyncio.run, check()).result()
-        return backend
-
-    async def connect(self) -> "VllmBackend":
-        """Load the client's model and check every endpoint; on failure nothing stays open."""
-        try:
-            await self._connect(self._pool.session())
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aenter__(self) -> "VllmBackend":
-        if self._info is None:
-            await self.connect()
-        return self
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        return self._pool.urls
-
-    @property
-    def info(self) -> BackendInfo:
-        if self._info is None:
-            raise ConfigError("the vLLM backend is not connected; use `await backend.connect()` or VllmBackend.open()")
-        return self._info
 
     @property
     def client_model(self) -> ClientModel:
@@ -308,9 +273,6 @@ class VllmBackend(Backend):
     async def hidden_state_std(self, batch: ScoringBatch) -> tuple[float, ...]:
         raise ConfigError(f"deep prompts need hidden states, and {NO_DEEP_PROMPTS}; use --method bbt with --backend vllm")
 
-    async def aclose(self) -> None:
-        """Close the session and its connections. Idempotent; the backend cannot be used afterwards."""
-        await self._pool.aclose()
 
 
 def _key_refusal(exc: AuthenticationError, url: str, has_token: bool) -> AuthenticationError:
