@@ -42,7 +42,9 @@ from lmaas_tune.errors import (
 )
 from lmaas_tune.backends.base import BackendInfo, ModelKind, ScoringBatch, check_prompts
 from lmaas_tune.backends.http.backend import HttpBackend
-from lmaas_tune.backends.http import Endpoint, EndpointGate, EndpointLimits, EndpointPool, RetryConfig, Timeouts
+from lmaas_tune.backends.http import (
+    Endpoint, EndpointGate, EndpointLimits, EndpointPool, RetryConfig, Timeouts, exchange,
+)
 from lmaas_tune.backends.http.ratelimit import Sleep
 from lmaas_tune.backends.local.encoding import EncodedBatch
 from .embedder import ClientModel
@@ -150,7 +152,6 @@ class VllmBackend(HttpBackend):
         )
 
     async def _check(self, session: aiohttp.ClientSession, ep: _Server, model: ClientModel) -> None:
-        from lmaas_tune.backends.http import exchange
 
         try:
             listed = await exchange(session, "GET", ep.url + "/v1/models", server=self._pool.server)
