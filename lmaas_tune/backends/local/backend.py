@@ -289,8 +289,14 @@ class LocalBackend(Backend):
         with torch.inference_mode():
             prompt_t = None if prompts is None or plen == 0 else torch.from_numpy(prompts).to(self._device, self._dtype)
             deep, prompt_t = split_deep(prompt_t)  # a deep prompt's slot 0 is the input prompt; hooks add the rest
-            with inject(self._layers, deep, enc.insert_at):  # the prefix pass holds the prompt positions
-                prefix = self._prefix_pass(enc, prompt_t) if prompt_t is not None and self._shares_prefix(enc) else None
+            prefix = None
+            if prompt_t is not None and self._shares_prefix(enc):
+                with inject(self._layers, deep, enc.insert_at):  # the prefix pass holds the prompt positions
+                    prefix = self._prefix_pass(enc, prompt_t)
+            elif prompt_t is None and self._shares_prefix(enc) and enc.shared_after_prompt:
+                # no soft prompt: the text every query starts with (a template's head, in-context
+                # demonstrations) still runs once, as an empty prompt's prefix
+                prefix = self._prefix_pass(enc, self._in_emb.weight.new_empty((1, 0, self._info.hidden_size)))
             label_w = self._out_emb.weight[list(enc.label_ids)].float()
             bias = getattr(self._out_emb, "bias", None)
             label_b = bias[list(enc.label_ids)].float() if bias is not None else None
