@@ -57,6 +57,7 @@ class TaskOptions:
     template: Annotated[Optional[str], typer.Option(help="Template with {field} slots and one {mask}, e.g. '{sentence} It was {mask}'.")] = None
     label_words: Annotated[Optional[str], typer.Option("--label-words", help="Label words in label order, comma-separated; several words for one label joined by | (e.g. 'negative|bad,positive|good'): a label scores the log-sum-exp of its words.")] = None
     verbalizer: Annotated[Optional[str], typer.Option("--verbalizer", help="Label words the task registers under this name instead of its default ones (see `lmaas-tune tasks`), e.g. multi: several words per label on sst2, yelpp and agnews.")] = None
+    calibrate: Annotated[Optional[bool], typer.Option("--calibrate/--no-calibrate", help="Calibrate the label scores: score content-free inputs (N/A, empty, [MASK]) with each prompt, in the same calls, and divide each label's probability by theirs (docs/method.md).")] = None
     train_file: Annotated[Optional[str], typer.Option("--train-file", help="Train pool (.tsv/.csv/.jsonl with a header).")] = None
     test_file: Annotated[Optional[str], typer.Option("--test-file", help="Test set, same format.")] = None
     column: Annotated[Optional[list[str]], typer.Option("--column", help="Map a template field to a column: FIELD=COLUMN (repeatable).")] = None
@@ -79,14 +80,14 @@ class TaskOptions:
             _given(absolute_data_path(self.train_file), d.train), _given(absolute_data_path(self.test_file), d.test),
             parse_columns(self.column) if self.column else dict(d.columns), _given(self.label_column, d.label_column),
             _given(tuple(v.strip() for v in self.labels.split(",")) if self.labels else None, d.labels), d.metric,
-            verbalizer,
+            verbalizer, _given(self.calibrate, d.calibrate),
         )
         spec.build()  # validate now, before a model is loaded
         return spec
 
     #: option -> TaskSpec field, for naming what differs
     FIELDS = {"task": "name", "template": "template", "label_words": "label_words", "verbalizer": "verbalizer",
-              "train_file": "train", "test_file": "test", "column": "columns", "label_column": "label_column",
+              "calibrate": "calibrate", "train_file": "train", "test_file": "test", "column": "columns", "label_column": "label_column",
               "labels": "labels"}
 
 

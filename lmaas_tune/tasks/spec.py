@@ -54,7 +54,8 @@ class TaskSpec:
 
     ``label_words`` holds one entry per label; an entry of several words joins them with ``|``
     (``("negative|bad", "positive|good")``). ``verbalizer`` names label words the registered task
-    registers instead (``"multi"``); it and ``label_words`` are alternatives."""
+    registers instead (``"multi"``); it and ``label_words`` are alternatives. ``calibrate`` takes the
+    scores of content-free inputs off the label scores (:meth:`Task.with_calibration`)."""
 
     name: str = "custom"
     template: str | None = None
@@ -66,8 +67,13 @@ class TaskSpec:
     labels: tuple[str, ...] | None = None
     metric: str | None = None
     verbalizer: str | None = None
+    calibrate: bool = False
 
     def build(self) -> Task:
+        task = self._build()
+        return task.with_calibration() if self.calibrate else task
+
+    def _build(self) -> Task:
         if (self.train is None) != (self.test is None):
             raise ConfigError("give both --train-file and --test-file (or neither)")
         if self.name in TASKS:
@@ -107,8 +113,9 @@ class TaskSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["columns"] = dict(self.columns)
-        if self.verbalizer is None:  # a record without one reads as before (and by an earlier lmaas-tune)
-            del d["verbalizer"]
+        for key, off in (("verbalizer", None), ("calibrate", False)):
+            if d[key] == off:  # a record without them reads as before (and by an earlier lmaas-tune)
+                del d[key]
         return d
 
     @classmethod

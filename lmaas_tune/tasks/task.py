@@ -12,13 +12,20 @@ from .metrics import METRICS
 from .template import PromptFormat
 from .verbalizer import LABEL_SEP, WORD_SEP, Verbalizer, VerbalizerLike
 
+#: the content-free inputs of contextual calibration (Zhao et al., 2021): inputs that say nothing about
+#: any label, so the label scores the model gives them are its bias towards each label
+CONTENT_FREE = ("N/A", "", "[MASK]")
+
 
 @dataclass(frozen=True)
 class Task:
     """What to classify, how to ask a masked or a causal LM about it, and how to score it.
 
     ``verbalizers`` are other label words registered for the task by name (``--verbalizer NAME``),
-    each for both model kinds; the formats' own label words are the default.
+    each for both model kinds; the formats' own label words are the default. ``calibration`` holds
+    content-free inputs (:data:`CONTENT_FREE`; empty: no calibration): each is written into every
+    template field and scored beside the real inputs, and the label scores it gets are taken off
+    theirs (:class:`~lmaas_tune.tuning.evaluation.LabelledBatch`, docs/method.md).
     """
 
     name: str
@@ -28,6 +35,7 @@ class Task:
     causal: PromptFormat | None = None
     metric: str = "accuracy"
     verbalizers: Mapping[str, Verbalizer] = field(default_factory=dict)
+    calibration: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         METRICS.get(self.metric)
@@ -100,6 +108,16 @@ class Task:
                 + (f"registered: {known}" if known else "it registers none")
                 + " (`lmaas-tune tasks` lists them), or give your own words with --label-words")
         return self.with_format(label_words=self.verbalizers[name])
+
+    def with_calibration(self, inputs: Sequence[str] | None = None) -> "Task":
+        """The same task with its label scores calibrated on ``inputs`` (default :data:`CONTENT_FREE`;
+        empty: calibration off)."""
+        return replace(self, calibration=tuple(CONTENT_FREE if inputs is None else inputs))
+
+    def content_free(self) -> list[Example]:
+        """One example per calibration input, the input written into every template field."""
+        fields = self._masked_or_causal.template.fields
+        return [Example({f: text for f in fields}, 0) for text in self.calibration]
 
     def load(self, split: str) -> list[Example]:
         """``split`` is ``"train"`` (the pool few-shot splits are drawn from) or ``"test"``."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmaas_tune.backends.base import Backend, ScoringBatch
+from lmaas_tune.backends.base import Backend, ModelKind, ScoringBatch
 from lmaas_tune.errors import ConfigError, DataError
 from lmaas_tune.methods.losses import predictions
 from lmaas_tune.runs.results import Evaluation
@@ -25,27 +25,65 @@ log = logging.getLogger("lmaas_tune")
 
 @dataclass(frozen=True)
 class LabelledBatch:
-    """A rendered batch, its gold labels, how many inputs were dropped as too long, and how the
-    batch's label words group into labels (``None``: one word per label, in the batch's order)."""
+    """A rendered batch, its gold labels, how many inputs were dropped as too long, how the
+    batch's label words group into labels (``None``: one word per label, in the batch's order), and
+    how many content-free inputs for calibration end the batch (after the labelled ones).
+
+    Calibration (contextual calibration, Zhao et al. 2021) rides in the same calls as the inputs:
+    the content-free rows are scored with the same prompt as the inputs, so each candidate prompt
+    is calibrated with its own bias, and no call is added to the budget.
+    """
 
     batch: ScoringBatch
     labels: np.ndarray
     dropped: int = 0
     verbalizer: Verbalizer | None = None
+    content_free: int = 0
 
     def __post_init__(self) -> None:
         if self.verbalizer is not None and self.verbalizer.words != self.batch.label_words:
             raise ValueError(f"the verbalizer's words {list(self.verbalizer.words)} are not the batch's "
                              f"{list(self.batch.label_words)}")
+        if len(self.labels) + self.content_free != len(self.batch):
+            raise ValueError(f"{len(self.labels)} labels and {self.content_free} content-free inputs for a batch "
+                             f"of {len(self.batch)}")
 
     def __len__(self) -> int:
-        return len(self.batch)
+        """The labelled inputs (the content-free ones are not counted)."""
+        return len(self.labels)
 
     def class_scores(self, scores: np.ndarray) -> np.ndarray:
-        """Label scores ``[..., C]`` from a backend's word scores ``[..., W]`` on this batch
-        (:meth:`Verbalizer.aggregate`; unchanged with one word per label). Every loss, metric and
-        prediction reads these, never the word scores."""
-        return scores if self.verbalizer is None else self.verbalizer.aggregate(scores)
+        """Label scores ``[..., N, C]`` of the labelled inputs from a backend's word scores
+        ``[..., N + K, W]`` on this batch: the words grouped into labels (:meth:`Verbalizer.aggregate`;
+        unchanged with one word per label), then, with K content-free inputs, each label's
+        log-probability on them (softmax over labels, averaged over the K inputs; :func:`bias`) taken off. Every
+        loss, metric and prediction reads these, never the word scores."""
+        x = scores if self.verbalizer is None else self.verbalizer.aggregate(scores)
+        k = self.content_free
+        if not k:
+            return x
+        return x[..., :-k, :] - bias(x[..., -k:, :])
+
+
+def bias(scores: np.ndarray) -> np.ndarray:
+    """``[..., 1, C]``: each label's log-probability (softmax over labels) on the K content-free rows
+    of ``[..., K, C]``, averaged over the rows: how much more the model says each label with nothing
+    to go on. Taking it off the label scores divides each label's probability by it (contextual
+    calibration), with the K inputs' probabilities combined by their geometric mean, so a prompt
+    that adds a constant to one label's score on every input is calibrated back exactly."""
+    x = np.asarray(scores, dtype=np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    logp = x - top - np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+    return logp.mean(axis=-2, keepdims=True)
+
+
+def labelled(task: Task, kind: ModelKind, batch: ScoringBatch, labels: np.ndarray, dropped: int = 0) -> LabelledBatch:
+    """``batch`` (rendered from ``task``) with its labels, its verbalizer, and ``task``'s content-free
+    inputs appended when it calibrates."""
+    extra = task.content_free()
+    if extra:
+        batch = ScoringBatch(batch.queries + task.render(extra, kind).queries, batch.label_words)
+    return LabelledBatch(batch, labels, dropped, task.format_for(kind).verbalizer, len(extra))
 
 
 ON_LONG = ("drop", "error")
@@ -67,7 +105,6 @@ async def prepare(
     if not examples:
         raise DataError(f"no {what} to score")
     batch = task.render(examples, backend.info.kind)
-    verbalizer = task.format_for(backend.info.kind).verbalizer
     lengths = np.array(await backend.token_lengths(batch))
     keep = np.flatnonzero(lengths + prompt_length <= backend.info.max_length)
     dropped = len(examples) - len(keep)
@@ -87,7 +124,14 @@ async def prepare(
                             f"{backend.info.max_length} tokens; shorten them or lower --prompt-length")
         batch = batch.subset([int(i) for i in keep])
     labels = np.array([examples[int(i)].label for i in keep], dtype=np.int64)
-    return LabelledBatch(batch, labels, dropped, verbalizer)
+    data = labelled(task, backend.info.kind, batch, labels, dropped)
+    if data.content_free:
+        cf = np.array(await backend.token_lengths(data.batch.subset(range(len(labels), len(data.batch)))))
+        if (cf + prompt_length > backend.info.max_length).any():
+            raise DataError(f"the content-free inputs of calibration do not fit the model limit of "
+                            f"{backend.info.max_length} tokens with a {prompt_length}-token prompt; shorten the "
+                            f"template or lower --prompt-length")
+    return data
 
 
 def summarise(scores: np.ndarray, data: LabelledBatch, metric: str) -> Evaluation:

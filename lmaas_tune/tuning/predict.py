@@ -31,7 +31,7 @@ from lmaas_tune.tasks.data import Example, TableSource
 from lmaas_tune.tasks.task import Task
 from lmaas_tune.runs.saved import SavedRun
 
-from .evaluation import LabelledBatch, score_prompt
+from .evaluation import labelled, score_prompt
 from .ledger import BudgetLedger
 
 FORMATS = ("auto", "lines", "tsv", "csv", "jsonl")
@@ -161,7 +161,7 @@ async def iter_predictions(
         out: list[Prediction] = [Prediction(None, None, None, f"longer than the model limit of {backend.info.max_length} "
                                                               f"tokens with the prompt") for _ in part]
         if fits:
-            data = LabelledBatch(batch.subset(fits), np.zeros(len(fits), dtype=np.int64), verbalizer=verbalizer)
+            data = labelled(task, backend.info.kind, batch.subset(fits), np.zeros(len(fits), dtype=np.int64))
             probs = _softmax(data.class_scores(await score_prompt(backend, prompt, data, chunk=batch_size,
                                                                   ledger=ledger)))
             for k, i in enumerate(fits):
