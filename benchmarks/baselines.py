@@ -12,8 +12,15 @@ class, drawn by the seed) and the full test set:
 * ``gpt``: gradient prompt tuning of the same soft prompt (same L and p0): Adam on the train
   set's cross-entropy through the model in float32, the prompt with the best dev accuracy kept.
   The white-box reference for what this prompt could reach with gradients; a benchmark only.
-* ``--bbt-methods``: BBT rows for other registered methods (``lmaas_tune.methods.METHODS``)
-  at each budget.
+* ``--bbt-methods``: BBT rows for other method presets (``lmaas_tune.methods.METHOD_PRESETS``,
+  e.g. ``bbt-cobyla``) at each budget;
+* ``--variants``: the manual and BBT rows again with the label words read another way: a
+  registered verbalizer (``multi``: several words per label), ``cal`` (calibration on content-free
+  inputs), or both (``multi+cal``).
+
+A budget curve of a CMA-ES method comes from one run per seed at the largest budget: CMA-ES does
+not look at the budget, so the prompt the dev set picked after N calls is the one a run with
+budget N returns.
 
 Each row records the test accuracy, the calls it spent tuning (candidates scored for BBT; train
 passes, forward and backward, for ``gpt``; none for ``manual`` and ``icl``) and the wall time.
@@ -34,17 +41,19 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from lmaas_tune.backends import LocalBackend, ModelKind
-from lmaas_tune.methods import PRESETS
+from lmaas_tune.methods import PRESETS, tune_config
 from lmaas_tune.methods.bbt import text_prompt
 from lmaas_tune.tasks import get_task
 from lmaas_tune.tasks.task import Task
 from lmaas_tune.tuning.evaluation import evaluate_prompt
+from lmaas_tune.tuning.events import GenerationReport
 from lmaas_tune.tuning.fewshot import FewShotSplit
 from lmaas_tune.tuning.tuner import BlackBoxTuner
 
@@ -78,6 +87,17 @@ def icl_task(task: Task, demos: list[Any], kind: ModelKind) -> Task:
         filled = text.replace("{mask}", "{_label}").format(**ex.texts, _label=" " + words[ex.label])
         parts.append(filled.replace("{", "{{").replace("}", "}}"))
     return task.with_format(template="\n\n".join(parts) + "\n\n" + text)
+
+
+def read_as(task: Task, variant: str | None) -> Task:
+    """``task`` read as ``variant`` says: ``multi`` (a registered verbalizer), ``cal`` (calibrated),
+    ``multi+cal`` (both), or ``None`` (as registered)."""
+    for part in (variant or "").split("+"):
+        if part == "cal":
+            task = task.with_calibration()
+        elif part:
+            task = task.with_verbalizer(part)
+    return task
 
 
 # -- gradient prompt tuning ------------------------------------------------------------------------
@@ -195,6 +215,29 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+async def bbt_rows(backend: LocalBackend, task: Task, test: list[Any], cfg: Any, budgets: list[int],
+                   emit: Callable[..., None]) -> None:
+    """Tune once with ``cfg`` (its budget the largest of ``budgets``) and test the dev-selected prompt
+    as it stood after each of ``budgets`` calls; ``emit`` one row per budget. A row's wall time is
+    the tuning time up to its budget plus its own test scoring."""
+    marks: dict[int, tuple[np.ndarray, float, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+
+        def snapshot(event: Any) -> None:
+            if isinstance(event, GenerationReport) and event.calls in budgets and event.best_dev is not None:
+                marks[event.calls] = (np.load(run_dir / "best_prompt.npy"), event.best_dev, event.elapsed)
+
+        result = await BlackBoxTuner(task, backend, cfg, run_dir=run_dir, evaluate_test=False,
+                                     callbacks=[snapshot]).fit()
+    for budget in sorted(budgets):
+        prompt, dev, tuned_s = marks[budget] if budget in marks else (result.prompt(), result.dev, result.wall_time)
+        start = time.perf_counter()
+        ev = await evaluate_prompt(backend, task, test, prompt=prompt)
+        emit(budget, ev.accuracy, ev.n, min(budget, result.calls), tuned_s + time.perf_counter() - start, dev=dev,
+             config=cfg.with_overrides(budget=budget).to_dict())
+
+
 # -- running -------------------------------------------------------------------------------------------
 
 
@@ -207,9 +250,11 @@ async def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["manual", "icl", "bbt", "gpt"],
                     choices=["manual", "icl", "bbt", "gpt"])
     ap.add_argument("--budgets", type=int, nargs="+", default=[400, 1000, 2000, 8000])
-    ap.add_argument("--bbt-methods", nargs="*", default=[], help="other registered methods, run like bbt")
-    ap.add_argument("--bbt-verbalizers", nargs="*", default=[],
-                    help="registered label-word sets (e.g. multi): bbt again with each, rows named bbt+NAME@budget")
+    ap.add_argument("--bbt-methods", nargs="*", default=[], help="other method presets (e.g. bbt-cobyla), run like bbt")
+    ap.add_argument("--variants", nargs="*", default=[],
+                    help="ways of reading the label words, each a registered verbalizer name (e.g. multi), cal "
+                         "(calibration on content-free inputs), or both joined by + (multi+cal): manual and bbt "
+                         "again with each, rows named manual+VARIANT and bbt+VARIANT@budget")
     ap.add_argument("--k-shot", type=int, default=16)
     ap.add_argument("--gpt-steps", type=int, default=100)
     ap.add_argument("--gpt-lr", type=float, default=3e-3)
@@ -247,10 +292,12 @@ async def run(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             task = get_task(name)
             test = task.load("test")[: args.test_limit] if args.test_limit else task.load("test")
             init = INIT.get(name, "")
-            if "manual" in args.methods and (name, "manual", None) not in done:
-                start = time.perf_counter()
-                ev = await evaluate_prompt(backend, task, test)
-                record(name, "manual", None, ev.accuracy, ev.n, 0, time.perf_counter() - start)
+            for variant in [None, *args.variants]:
+                label = "manual" + (f"+{variant}" if variant else "")
+                if "manual" in args.methods and (name, label, None) not in done:
+                    start = time.perf_counter()
+                    ev = await evaluate_prompt(backend, read_as(task, variant), test)
+                    record(name, label, None, ev.accuracy, ev.n, 0, time.perf_counter() - start)
             for seed in args.seeds:
                 split = FewShotSplit.draw(task.load("train"), args.k_shot, seed, task.num_labels)
                 if "icl" in args.methods and (name, "icl", seed) not in done:
@@ -260,22 +307,23 @@ async def run(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
                     ev = await evaluate_prompt(backend, icl_task(task, demos, kind), test)
                     record(name, "icl", seed, ev.accuracy, ev.n, 0, time.perf_counter() - start, demos=len(demos))
                 runs = [(m, None) for m in (["bbt"] if "bbt" in args.methods else []) + list(args.bbt_methods)]
-                runs += [("bbt", v) for v in args.bbt_verbalizers]
-                for method, verbalizer in runs:
-                    tuned = task.with_verbalizer(verbalizer) if verbalizer else task
-                    for budget in args.budgets:
-                        label = f"{method}{'+' + verbalizer if verbalizer else ''}@{budget}"
-                        if (name, label, seed) in done:
-                            continue
-                        cfg = base.with_overrides(seed=seed, budget=budget, k_shot=args.k_shot, method=method,
-                                                  prompt_init=init if method == "bbt" else "")
-                        start = time.perf_counter()
-                        with tempfile.TemporaryDirectory() as tmp:
-                            result = await BlackBoxTuner(tuned, backend, cfg, run_dir=Path(tmp) / "run",
-                                                         evaluate_test=False).fit()
-                        ev = await evaluate_prompt(backend, tuned, test, prompt=result.prompt())  # the rows' test set
-                        record(name, label, seed, ev.accuracy, ev.n, result.calls, time.perf_counter() - start,
-                               dev=result.dev, config=cfg.to_dict())
+                runs += [("bbt", v) for v in args.variants]
+                for method, variant in runs:
+                    tuned = read_as(task, variant)
+                    base_label = f"{method}{'+' + variant if variant else ''}"
+                    todo = [b for b in args.budgets if (name, f"{base_label}@{b}", seed) not in done]
+                    if not todo:
+                        continue
+                    cfg0 = tune_config("cpu", method, seed=seed, k_shot=args.k_shot,
+                                       prompt_init=init if method != "bbtv2" else "")
+                    # CMA-ES does not look at the budget, so a run's first N calls are those of a run with budget
+                    # N: one run at the largest budget gives every point of the curve (the dev-selected prompt
+                    # after N calls). A two-stage optimiser splits its budget, so it runs once per budget.
+                    groups = [todo] if cfg0.optimizer == "cma-es" else [[b] for b in todo]
+                    for budgets in groups:
+                        await bbt_rows(backend, tuned, test, cfg0.with_overrides(budget=max(budgets)), budgets,
+                                       lambda b, acc, n, calls, wall, **kw: record(
+                                           name, f"{base_label}@{b}", seed, acc, n, calls, wall, **kw))
                 if "gpt" in args.methods and (name, "gpt", seed) not in done:
                     assert ref is not None
                     rows_p0 = await ref.embed_text(init) if init else None
