@@ -116,6 +116,16 @@ def sentiment_task(tmp: Path) -> Task:
                        train=str(tmp / "train.tsv"), test=str(tmp / "test.tsv"))
 
 
+def sentiment_fit_args(tmp: Path, model: Path, *, budget: int = 12, intrinsic_dim: int = 4) -> list[str]:
+    """``fit`` options for :func:`sentiment_task` (written to ``tmp``) on the tiny ``model``: a run of
+    a few seconds (popsize 4, a 2-token prompt, 2 shots, seed 3, quiet)."""
+    sentiment_task(tmp)
+    return ["--task", "custom", "--template", "{sentence} . It was {mask}", "--label-words", "bad,great",
+            "--train-file", str(tmp / "train.tsv"), "--test-file", str(tmp / "test.tsv"), "--device", "cpu",
+            "--model", str(model), "--budget", str(budget), "--popsize", "4", "--prompt-length", "2",
+            "--intrinsic-dim", str(intrinsic_dim), "--k-shot", "2", "--eval-every", "4", "--seed", "3", "--quiet"]
+
+
 class ThreadedServer:
     """A real service on 127.0.0.1 in a background thread with its own event loop.
 

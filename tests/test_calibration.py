@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pause_points
 import pytest
-from remote_support import sentiment_task
+from remote_support import sentiment_fit_args, sentiment_task
 from resume_support import assert_same_outcome, checkpoint_doc, history
 
 from lmaas_tune.backends.base import Query, ScoringBatch
@@ -158,11 +158,7 @@ def test_the_cli_records_calibration_and_evaluate_and_predict_use_it(llama_dir: 
     from lmaas_tune.runs.saved import SavedRun
     from lmaas_tune.tasks.data import Example
 
-    sentiment_task(tmp_path)
-    args = ["--task", "custom", "--template", "{sentence} . It was {mask}", "--label-words", "bad,great",
-            "--train-file", str(tmp_path / "train.tsv"), "--test-file", str(tmp_path / "test.tsv"), "--device", "cpu",
-            "--model", str(llama_dir), "--budget", "8", "--popsize", "4", "--prompt-length", "2",
-            "--intrinsic-dim", "4", "--k-shot", "2", "--eval-every", "4", "--seed", "3", "--quiet"]
+    args = sentiment_fit_args(tmp_path, llama_dir, budget=8)
     runner = CliRunner()
     run_dir = tmp_path / "run"
     done = runner.invoke(app, ["fit", *args, "--calibrate", "-o", str(run_dir)])

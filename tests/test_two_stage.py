@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pause_points
 import pytest
-from remote_support import sentiment_task
+from remote_support import sentiment_fit_args, sentiment_task
 from resume_support import assert_same_outcome, checkpoint_doc, history
 
 from lmaas_tune.backends.local.backend import LocalBackend
@@ -329,11 +329,7 @@ def test_the_cli_takes_the_optimizer_and_a_resume_keeps_it(llama_dir: Path, tmp_
 
     from lmaas_tune.cli import app
 
-    sentiment_task(tmp_path)
-    args = ["--task", "custom", "--template", "{sentence} . It was {mask}", "--label-words", "bad,great",
-            "--train-file", str(tmp_path / "train.tsv"), "--test-file", str(tmp_path / "test.tsv"), "--device", "cpu",
-            "--model", str(llama_dir), "--budget", "12", "--popsize", "4", "--prompt-length", "2",
-            "--intrinsic-dim", "4", "--k-shot", "2", "--eval-every", "4", "--seed", "3", "--quiet"]
+    args = sentiment_fit_args(tmp_path, llama_dir)
     run_dir = tmp_path / "run"
     runner = CliRunner()
     done = runner.invoke(app, ["fit", *args, "--method", "bbt-cobyla", "--cma-fraction", "0.4", "-o", str(run_dir)])
