@@ -36,6 +36,8 @@ GROUPS: dict[str, type] = {"task_opts": TaskOptions, "backend_opts": BackendOpti
 #: grid keys that name an axis in the plural
 PLURAL = {"tasks": "task", "seeds": "seed", "methods": "method"}
 FORMATS = ("table", "json", "csv", "markdown")
+#: --preset paper-table: the paper's budgets where they differ from its 8000 calls
+PAPER_BUDGETS = {"dbpedia": 20000}
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help=f"Output: {', '.join(FORMATS)}.")]
 
@@ -184,6 +186,7 @@ def sweep_cmd(
     mlflow: Annotated[bool, typer.Option("--mlflow", help=f"Log each trial to MLflow (default store {DEFAULT_URI}; needs the mlflow extra).")] = False,
     mlflow_uri: Annotated[Optional[str], typer.Option("--mlflow-uri", help="MLflow tracking URI or directory (implies --mlflow).")] = None,
     baseline: Annotated[Optional[bool], typer.Option("--baseline/--no-baseline", help="Also score the manual prompt in each trial (default: yes).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the trials (one id a line) and the tasks left out, and stop: nothing runs, nothing is written.")] = False,
     quiet: QuietOpt = False,
     fmt: FormatOpt = "table",
 ) -> None:
@@ -192,7 +195,8 @@ def sweep_cmd(
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
     uri = mlflow_uri or (DEFAULT_URI if mlflow else None)
-    check_extras(uri)
+    if not dry_run:
+        check_extras(uri)
     progress = ProgressLine(quiet or fmt != "table")
     groups: dict[str, Any] = {"task_opts": task_opts, "backend_opts": backend_opts, "tuning": tuning}
     engine: dict[str, Any] = dict(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
@@ -243,6 +247,15 @@ def sweep_cmd(
         if not axes["task"]:
             raise ConfigError("no task of the grid can run here (see above); pick tasks with shipped data")
     trials = build_trials(groups, axes, True if baseline is None else baseline)
+    if paper and groups["tuning"].budget is None:  # the paper gives DBPedia (14 classes) a larger budget
+        trials = [dataclasses.replace(t, tune=dataclasses.replace(t.tune, budget=PAPER_BUDGETS[t.task.name]))
+                  if t.task.name in PAPER_BUDGETS else t for t in trials]
+    if dry_run:
+        for t in trials:
+            out.print(f"{t.id}  {t.task.name} {t.method} seed={t.tune.seed} L={t.tune.prompt_length} "
+                      f"d={t.tune.intrinsic_dim} popsize={t.tune.popsize} budget={t.tune.budget}", highlight=False,
+                      markup=False, soft_wrap=True)
+        return
     if output is None:
         output = Path("sweeps") / datetime.now().strftime("%Y%m%d-%H%M%S")
     settings = {"axes": axes, "shared": {k: str(v) if isinstance(v, Path) else v for g in groups.values()

@@ -1,0 +1,81 @@
+"""The sweep's grid from the command line and a TOML file, without running anything (--dry-run):
+trial ids, composition as `fit` composes its options, the paper-table preset, and the refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmaas_tune.cli import app
+from lmaas_tune.cli.options import BackendOptions, TaskOptions, TuningOptions
+from lmaas_tune.cli.sweep import build_trials
+from lmaas_tune.sweeps import expand, grid, trial_id
+
+runner = CliRunner()
+
+
+def _ids(args: list[str]) -> list[str]:
+    res = runner.invoke(app, ["sweep", *args, "--dry-run"])
+    assert res.exit_code == 0, res.output
+    return [line.split()[0] for line in res.stdout.splitlines()]
+
+
+def test_options_make_one_trial_per_point_with_stable_ids() -> None:
+    assert _ids(["--tasks", "sst2,agnews", "--seeds", "42,43", "--methods", "bbt,bbtv2", "--preset", "cpu"]) == [
+        f"{t}-{m}-s{s}" for t in ("sst2", "agnews") for m in ("bbt", "bbtv2") for s in (42, 43)]
+
+
+def test_a_toml_grid_varies_any_fit_setting_and_options_apply_to_every_trial(tmp_path: Path) -> None:
+    toml = tmp_path / "grid.toml"
+    toml.write_text('[fit]\npreset = "cpu"\nbudget = 100\n[grid]\ntasks = ["sst2"]\nprompt-length = [5, 10]\n', "utf-8")
+    res = runner.invoke(app, ["sweep", "--grid", str(toml), "--seeds", "7", "--popsize", "10", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == [
+        "sst2-bbt-s7-prompt_length5  sst2 bbt seed=7 L=5 d=500 popsize=10 budget=100",
+        "sst2-bbt-s7-prompt_length10  sst2 bbt seed=7 L=10 d=500 popsize=10 budget=100"]
+
+
+def test_a_trial_is_the_fit_its_options_describe() -> None:
+    groups = {"task_opts": TaskOptions(), "backend_opts": BackendOptions(), "tuning": TuningOptions(preset="cpu")}
+    (trial,) = build_trials(groups, {"task": ["agnews"], "method": ["bbtv2"], "seed": [3]}, True)
+    fit_like = TuningOptions(preset="cpu", method="bbtv2", seed=3).config()
+    assert trial.tune == fit_like and trial.task == TaskOptions(task="agnews").spec()
+    assert trial.id == "agnews-bbtv2-s3" and trial.point == {"task": "agnews", "method": "bbtv2", "seed": 3}
+    assert [t.id for t in grid(["sst2"], seeds=[1, 2], vary={"budget": [40, 80]}, popsize=4)] == [
+        "sst2-bbt-s1-budget40", "sst2-bbt-s1-budget80", "sst2-bbt-s2-budget40", "sst2-bbt-s2-budget80"]
+    assert trial_id(expand({"seed": [1], "task": ["x/y.toml"]})[0]) == "y-bbt-s1"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="with datasets the hub tasks run")
+def test_paper_table_is_the_papers_tasks_by_three_seeds_and_says_which_tasks_have_no_data() -> None:
+    res = runner.invoke(app, ["sweep", "--preset", "paper-table", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [f"{t}-bbt-s{s}" for t in ("sst2", "agnews", "rte")
+                                                       for s in (42, 43, 44)]
+    assert all("L=50 d=500 popsize=20 budget=8000" in line for line in lines)
+    for task in ("yelpp", "dbpedia", "mrpc", "snli"):
+        assert f"left out {task}: no shipped data" in res.stderr
+        assert "pip install 'lmaas-tune[hub]'" in res.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--seed", "1", "--seeds", "1,2"], "give --seed or a list of seeds"),
+    (["--seeds", "1,x"], "comma-separated list of numbers"),
+    (["--tasks", "sst3"], "unknown task 'sst3'"),
+    (["--tasks", "sst2", "--budget", "3", "--popsize", "4"], "--budget (3) is smaller than --popsize (4)"),
+    (["--format", "yaml"], "--format must be one of"),
+])
+def test_bad_grids_are_refused_with_one_line(args: list[str], says: str) -> None:
+    res = runner.invoke(app, ["sweep", *args, "--dry-run"])
+    assert res.exit_code == 2 and says in res.output, res.output
+
+
+def test_a_grid_file_with_a_setting_fit_does_not_have_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "grid.toml"
+    toml.write_text('[grid]\nlearning_rate = [1, 2]\n', "utf-8")
+    res = runner.invoke(app, ["sweep", "--grid", str(toml), "--dry-run"])
+    assert res.exit_code == 2 and "'learning_rate', which is no fit setting" in res.output
