@@ -288,6 +288,9 @@ def _finish(job: Callable[[], SweepTable], sweep_dir: Path, progress: ProgressLi
             exc.hint = f"continue the sweep with: lmaas-tune sweep --resume {sweep_dir}"
         raise
     show(table, fmt)
+    if table.mlflow:
+        err.print(f"MLflow: {escape(table.mlflow)} (experiment 'lmaas-tune sweep {escape(str(table.path))}')",
+                  highlight=False, soft_wrap=True)
     failed = [t for t in table.trials if t.status == "failed"]
     if failed:
         err.print(f"[bold red]{len(failed)} of {len(table.trials)} trial(s) failed[/] (see above); fix the cause and "

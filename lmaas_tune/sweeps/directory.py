@@ -7,6 +7,7 @@ Layout::
     trials/<id>/             each trial's run directory, exactly as ``fit --output`` makes it
     attempts/<id>.jsonl      one line each time a worker starts the trial (node, host, pid, session),
                              and one when it ends (finished or failed, with the one-line error)
+    attempts/<id>.lock       locked by the worker running the trial: one attempt at a time
 
 The run directories are the source of truth: a trial is finished when its run directory holds
 its result. Resuming a sweep reads the trials back from ``sweep.json`` and runs those that are not

@@ -27,7 +27,7 @@ from lmaas_tune.errors import ConfigError, MissingExtraError
 
 from .directory import SweepDirectory
 from .trials import TrialSpec
-from .progress import SweepProgress, best_dev
+from .progress import SweepProgress, best_dev, running
 from .worker import one_line, run_trial
 
 
@@ -105,8 +105,10 @@ def run_trials(directory: SweepDirectory, trials: Sequence[TrialSpec], options: 
     def report() -> None:
         if on_progress is not None:
             failed = sum(1 for e in ended.values() if e["event"] == "failed")
+            started = sum(running(directory, t.id, session) for t in flight.values())
             on_progress(SweepProgress(total=len(everything), done=len(before) + len(ended) - failed, failed=failed,
-                                      running=len(flight), pending=len(pending), best=best_dev(directory, everything)))
+                                      running=started, queued=len(flight) - started + len(pending),
+                                      best=best_dev(directory, everything)))
 
     try:
         while pending or flight:

@@ -21,14 +21,20 @@ class SweepProgress:
     total: int
     done: int  # finished, this session or before
     failed: int
-    running: int  # handed to Ray (running, or waiting for a free CPU)
-    pending: int  # not handed to Ray yet (--max-concurrent)
+    running: int  # a worker has started it
+    queued: int  # waiting for a worker (for free resources, or under --max-concurrent)
     best: BestDev | None
 
     def describe(self) -> str:
         best = "" if self.best is None else f"; best dev {self.best.value:.4f} ({self.best.trial})"
-        return (f"trials: {self.done}/{self.total} done, {self.running} running, {self.failed} failed, "
-                f"{self.pending} waiting{best}")
+        return (f"trials: {self.done}/{self.total} done, {self.running} running, {self.queued} queued, "
+                f"{self.failed} failed{best}")
+
+
+def running(directory: SweepDirectory, trial_id: str, session: str) -> bool:
+    """Whether a worker of this sweep session has started the trial and not ended it."""
+    attempts = directory.attempts(trial_id)
+    return bool(attempts) and attempts[-1].get("event") == "start" and attempts[-1].get("session") == session
 
 
 def best_dev(directory: SweepDirectory, trials: Sequence[TrialSpec]) -> BestDev | None:

@@ -16,7 +16,7 @@ from .engine import EngineOptions, require, run_trials
 from .trials import TrialSpec
 from .progress import SweepProgress
 from .table import SweepTable, read_sweep
-from .tracking import MlflowTracker
+from .tracking import MlflowTracker, tracking_uri
 
 Progress = Callable[[SweepProgress], None]
 
@@ -48,6 +48,7 @@ def sweep(
     """
     options = EngineOptions(address, cpus_per_trial, gpus_per_trial, max_concurrent, max_retries)
     check_extras(mlflow)
+    mlflow = tracking_uri(mlflow) if mlflow is not None else None  # absolute: a resume may run elsewhere
     engine = {k: v for k, v in asdict(options).items() if k != "address"} | {"mlflow": mlflow}
     directory = SweepDirectory.create(output, trials, settings=settings, skipped=skipped, engine=engine)
     return _run(directory, options, mlflow, progress)
@@ -77,6 +78,7 @@ def resume_sweep(
                             pick(gpus_per_trial, "gpus_per_trial", 0.0),
                             pick(max_concurrent, "max_concurrent", None), pick(max_retries, "max_retries", 3))
     mlflow = pick(mlflow, "mlflow", None)
+    mlflow = tracking_uri(mlflow) if mlflow is not None else None
     check_extras(mlflow)
     return _run(directory, options, mlflow, progress)
 

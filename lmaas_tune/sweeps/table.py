@@ -78,16 +78,17 @@ class SweepRow:
 
 @dataclass(frozen=True)
 class SweepTable:
-    """A sweep's rows and trials, and the tasks its grid named that could not run here."""
+    """A sweep's rows and trials, the tasks its grid named that could not run here, and where it is tracked."""
 
     path: Path
     rows: tuple[SweepRow, ...]
     trials: tuple[TrialOutcome, ...]
     skipped: Mapping[str, str] = field(default_factory=dict)
+    mlflow: str | None = None  # the tracking URI the sweep logs to
 
     def to_dict(self) -> dict[str, Any]:
         return {"sweep_dir": str(self.path), "rows": [r.to_dict() for r in self.rows],
-                "trials": [t.to_dict() for t in self.trials], "skipped": dict(self.skipped)}
+                "trials": [t.to_dict() for t in self.trials], "skipped": dict(self.skipped), "mlflow": self.mlflow}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -189,4 +190,4 @@ def read_sweep(path: str | Path | SweepDirectory) -> SweepTable:
     """The table of the sweep in ``path`` (finished, running or stopped)."""
     directory = path if isinstance(path, SweepDirectory) else SweepDirectory.open(path)
     trials = trial_outcomes(directory)
-    return SweepTable(directory.path, rows(trials), trials, dict(directory.skipped))
+    return SweepTable(directory.path, rows(trials), trials, dict(directory.skipped), directory.engine.get("mlflow"))
