@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -85,8 +87,8 @@ def run_trials(directory: SweepDirectory, trials: Sequence[TrialSpec], options: 
     """Run ``trials`` of the sweep in ``directory`` on Ray; how each ended, by trial id.
 
     ``on_trial_end`` runs in this process as each trial ends (MLflow logging); ``on_progress`` when
-    a trial ends and every ``tick_s`` seconds. Ctrl-C cancels the trials in flight (their run
-    directories stay resumable) and lets ``KeyboardInterrupt`` through.
+    a trial ends and every ``tick_s`` seconds. Ctrl-C (SIGINT) cancels the trials in flight within a
+    tick (their run directories stay resumable) and raises ``KeyboardInterrupt``.
     """
     ray = require("ray", "ray", "lmaas-tune sweep (it runs its trials on Ray)")
     started = _connect(ray, options.address)
@@ -110,8 +112,12 @@ def run_trials(directory: SweepDirectory, trials: Sequence[TrialSpec], options: 
                                       running=started, queued=len(flight) - started + len(pending),
                                       best=best_dev(directory, everything)))
 
+    stop = threading.Event()
+    previous = _trap_sigint(stop)
     try:
         while pending or flight:
+            if stop.is_set():
+                raise KeyboardInterrupt
             while pending and (options.max_concurrent is None or len(flight) < options.max_concurrent):
                 trial = pending.popleft()
                 flight[remote.remote(trial.to_dict(), str(directory.path), session, threads)] = trial
@@ -134,6 +140,22 @@ def run_trials(directory: SweepDirectory, trials: Sequence[TrialSpec], options: 
             ray.cancel(ref, force=True)
         raise
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         if started:
             ray.shutdown()
     return ended
+
+
+def _trap_sigint(stop: threading.Event) -> Any:
+    """Turn SIGINT into ``stop`` while the trials run (``ray.wait`` swallows a KeyboardInterrupt raised
+    inside it); the previous handler, or ``None`` off the main thread, where no handler can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C: at once
+            raise KeyboardInterrupt
+        stop.set()
+
+    return signal.signal(signal.SIGINT, on_sigint)
