@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the sweep tests need the ray extra (pip install 'lmaas-tune[ray]')")
@@ -27,7 +28,7 @@ from lmaas_tune.cli import app  # noqa: E402
 from lmaas_tune.sweeps import SweepTable, read_sweep  # noqa: E402
 from lmaas_tune.tasks.spec import TaskSpec  # noqa: E402
 
-from remote_support import sentiment_task  # noqa: E402
+from remote_support import ThreadedServer, sentiment_task  # noqa: E402
 from resume_support import assert_same_outcome  # noqa: E402
 from sweep_support import CONTROL, wait_for  # noqa: E402
 
@@ -64,7 +65,7 @@ def ray_address(pause_control: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def backend(llama_dir: Path) -> BackendSettings:
-    return BackendSettings(model=str(llama_dir), device="cpu")
+    return BackendSettings(model=str(llama_dir), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +194,7 @@ def test_a_killed_worker_is_retried_and_ends_as_the_uninterrupted_trial_while_a_
     starts = [a for a in _attempts(out, good.id) if a["event"] == "start"]
     assert starts[0]["pid"] == pid and starts[1]["attempt"] == 2
     assert_same_outcome(out / "trials" / good.id, first[0] / "trials" / good.id)
+    assert _json(out / "trials" / good.id / "checkpoint.json")["discarded"] != {}  # continued from a checkpoint
     assert failed.status == "failed" and failed.attempts == 1
     assert failed.error is not None and "\n" not in failed.error and "DataError" in failed.error
     assert "7" in failed.error  # names the label the task does not have
@@ -204,7 +206,7 @@ def test_a_killed_driver_resumes_running_only_the_unfinished_trials(
     out, grid = tmp_path / "sweep", tmp_path / "grid.toml"
     grid.write_text(f"[grid]\ntask_file = {json.dumps([str(f) for f in task_files])}\n", "utf-8")
     cmd = [sys.executable, "-m", "lmaas_tune", "sweep", "--grid", str(grid), "--seeds", "42,43", "--model",
-           str(llama_dir), "--device", "cpu", *CLI_TUNE, "-o", str(out), "--address", ray_address,
+           str(llama_dir), "--device", "cpu", "--dtype", "float32", *CLI_TUNE, "-o", str(out), "--address", ray_address,
            "--max-concurrent", "1", "--quiet"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -228,6 +230,21 @@ def test_a_killed_driver_resumes_running_only_the_unfinished_trials(
         assert_same_outcome(out / "trials" / t["id"], first[0] / "trials" / t["id"])
     res = runner.invoke(app, ["sweep", "--resume", str(out), "--budget", "80"])
     assert res.exit_code == 2 and "--budget" in res.output
+
+
+def test_trials_share_one_service_and_end_as_the_local_trials(
+        first: tuple[Path, SweepTable, Path], llama_backend: Any, task_files: list[Path], tmp_path: Path) -> None:
+    with ThreadedServer(llama_backend) as server:  # in this process; every trial's worker is its client
+        remote = BackendSettings(backend="remote", endpoints=(server.url,))
+        trials = lmaas_tune.grid([TaskSpec.from_file(f) for f in task_files], seeds=[42], backend=remote, **TUNE)
+        table = lmaas_tune.sweep(trials, tmp_path / "sweep")
+    assert [(t.status, t.calls) for t in table.trials] == [("finished", 40), ("finished", 40)]
+    for t in table.trials:
+        got, want = tmp_path / "sweep" / "trials" / t.id, first[0] / "trials" / t.id
+        assert _json(got / "config.json")["backend"]["endpoints"] == [server.url]
+        assert _json(got / "result.json")["ledger"]["bytes_up"] > 0  # scored over HTTP
+        np.testing.assert_allclose(_json(got / "best.json")["z"], _json(want / "best.json")["z"], atol=1e-6)
+        assert _json(got / "result.json")["test"] == _json(want / "result.json")["test"]
 
 
 def test_sweep_without_ray_says_which_extra_to_install(tmp_path: Path) -> None:
