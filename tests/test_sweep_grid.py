@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from lmaas_tune.cli import app
 from lmaas_tune.cli.options import BackendOptions, TaskOptions, TuningOptions
 from lmaas_tune.cli.sweep import build_trials
-from lmaas_tune.sweeps import expand, grid, trial_id
+from lmaas_tune.errors import RunDirectoryError
+from lmaas_tune.sweeps import SweepDirectory, expand, grid, trial_id
 
 runner = CliRunner()
 
@@ -79,3 +80,20 @@ def test_a_grid_file_with_a_setting_fit_does_not_have_is_refused(tmp_path: Path)
     toml.write_text('[grid]\nlearning_rate = [1, 2]\n', "utf-8")
     res = runner.invoke(app, ["sweep", "--grid", str(toml), "--dry-run"])
     assert res.exit_code == 2 and "'learning_rate', which is no fit setting" in res.output
+
+
+def test_an_address_where_nothing_listens_is_refused_at_once_and_nothing_is_written(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    res = runner.invoke(app, ["sweep", "--tasks", "sst2", "-o", str(tmp_path / "s"), "--address", "127.0.0.1:9"])
+    assert res.exit_code == 2 and "could not join the Ray cluster at 127.0.0.1:9" in res.output, res.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_directory_is_made_once(tmp_path: Path) -> None:
+    trials = grid(["sst2"], seeds=[1])
+    SweepDirectory.create(tmp_path / "s", trials)
+    with pytest.raises(RunDirectoryError, match="already holds a sweep; continue it with `lmaas-tune sweep --resume"):
+        SweepDirectory.create(tmp_path / "s", trials)
+    assert SweepDirectory.open(tmp_path / "s").trials == trials
+    with pytest.raises(RunDirectoryError, match="is not a sweep directory"):
+        SweepDirectory.open(tmp_path)

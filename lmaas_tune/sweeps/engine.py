@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import signal
+import socket
 import threading
 import uuid
 from collections import deque
@@ -63,6 +64,23 @@ class EngineOptions:
 
 
 TrialEnd = Callable[[TrialSpec, Mapping[str, Any]], object]
+
+
+def check_address(address: str | None, timeout_s: float = 10.0) -> None:
+    """Refuse at once a ``HOST:PORT`` (or ``ray://HOST:PORT``) where nothing listens: Ray itself
+    keeps retrying for minutes. ``auto`` and no address are left to Ray."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except ValueError:
+        raise ConfigError(f"--address {address} is not HOST:PORT, ray://HOST:PORT or auto") from None
+    except OSError as exc:
+        raise ConfigError(f"could not join the Ray cluster at {address} (nothing answers there: "
+                          f"{exc.strerror or exc}); start the cluster with `ray start --head`, or drop --address to "
+                          f"run on this machine") from None
 
 
 def _connect(ray: Any, address: str | None) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .directory import SweepDirectory
-from .engine import EngineOptions, require, run_trials
+from .engine import EngineOptions, check_address, require, run_trials
 from .trials import TrialSpec
 from .progress import SweepProgress
 from .table import SweepTable, read_sweep
@@ -48,6 +48,7 @@ def sweep(
     """
     options = EngineOptions(address, cpus_per_trial, gpus_per_trial, max_concurrent, max_retries)
     check_extras(mlflow)
+    check_address(address)
     mlflow = tracking_uri(mlflow) if mlflow is not None else None  # absolute: a resume may run elsewhere
     engine = {k: v for k, v in asdict(options).items() if k != "address"} | {"mlflow": mlflow}
     directory = SweepDirectory.create(output, trials, settings=settings, skipped=skipped, engine=engine)
@@ -80,6 +81,7 @@ def resume_sweep(
     mlflow = pick(mlflow, "mlflow", None)
     mlflow = tracking_uri(mlflow) if mlflow is not None else None
     check_extras(mlflow)
+    check_address(address)
     return _run(directory, options, mlflow, progress)
 
 
