@@ -247,7 +247,7 @@ def sweep_cmd(
         if not axes["task"]:
             raise ConfigError("no task of the grid can run here (see above); pick tasks with shipped data")
     trials = build_trials(groups, axes, True if baseline is None else baseline)
-    if paper and groups["tuning"].budget is None:  # the paper gives DBPedia (14 classes) a larger budget
+    if paper and groups["tuning"].budget is None and "budget" not in axes:  # the paper gives DBPedia a larger budget
         trials = [dataclasses.replace(t, tune=dataclasses.replace(t.tune, budget=PAPER_BUDGETS[t.task.name]))
                   if t.task.name in PAPER_BUDGETS else t for t in trials]
     if dry_run:

@@ -6,6 +6,7 @@ Both return the sweep's :class:`~.table.SweepTable`, read back from its director
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -13,12 +14,14 @@ from typing import Any
 
 from .directory import SweepDirectory
 from .engine import EngineOptions, check_address, require, run_trials
-from .trials import TrialSpec
 from .progress import SweepProgress
 from .table import SweepTable, read_sweep
 from .tracking import MlflowTracker, tracking_uri
+from .trials import TrialSpec
+from .worker import one_line
 
 Progress = Callable[[SweepProgress], None]
+log_ = logging.getLogger("lmaas_tune")
 
 
 def sweep(
@@ -103,8 +106,21 @@ def _run(directory: SweepDirectory, options: EngineOptions, mlflow: str | None,
                 tracker.log(trial, _last_end(directory, trial))
     if todo:
         run_trials(directory, todo, options, on_progress=progress,
-                   on_trial_end=tracker.log if tracker is not None else None)
+                   on_trial_end=_logger(tracker) if tracker is not None else None)
     return read_sweep(directory)
+
+
+def _logger(tracker: MlflowTracker) -> Callable[[TrialSpec, Mapping[str, Any]], None]:
+    """``tracker.log``, a failure of which is a warning: the sweep goes on, and a resume logs what is missing."""
+
+    def log(trial: TrialSpec, end: Mapping[str, Any]) -> None:
+        try:
+            tracker.log(trial, end)
+        except Exception as exc:  # MLflow's store went away, a full disk...: the trials matter more
+            log_.warning("could not log %s to MLflow at %s (%s); `lmaas-tune sweep --resume` logs it later",
+                         trial.id, tracker.uri, one_line(exc))
+
+    return log
 
 
 def _last_end(directory: SweepDirectory, trial: TrialSpec) -> dict[str, Any]:
