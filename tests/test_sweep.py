@@ -25,7 +25,7 @@ from typer.testing import CliRunner  # noqa: E402
 import lmaas_tune  # noqa: E402
 from lmaas_tune.backends.factory import BackendSettings  # noqa: E402
 from lmaas_tune.cli import app  # noqa: E402
-from lmaas_tune.sweeps import SweepTable, read_sweep  # noqa: E402
+from lmaas_tune.sweeps import SweepDirectory, SweepTable, read_sweep  # noqa: E402
 from lmaas_tune.tasks.spec import TaskSpec  # noqa: E402
 
 from remote_support import ThreadedServer, sentiment_task  # noqa: E402
@@ -245,6 +245,21 @@ def test_trials_share_one_service_and_end_as_the_local_trials(
         assert _json(got / "result.json")["ledger"]["bytes_up"] > 0  # scored over HTTP
         np.testing.assert_allclose(_json(got / "best.json")["z"], _json(want / "best.json")["z"], atol=1e-6)
         assert _json(got / "result.json")["test"] == _json(want / "result.json")["test"]
+
+
+def test_a_resumed_sweep_may_find_its_service_elsewhere(
+        first: tuple[Path, SweepTable, Path], llama_backend: Any, task_files: list[Path], tmp_path: Path) -> None:
+    gone = BackendSettings(backend="remote", endpoints=("http://127.0.0.1:9",))  # where the service was
+    trials = lmaas_tune.grid([TaskSpec.from_file(task_files[0])], seeds=[42], backend=gone, **TUNE)
+    SweepDirectory.create(tmp_path / "sweep", trials)  # a sweep stopped before its trial started
+    with ThreadedServer(llama_backend) as server:
+        table = lmaas_tune.resume_sweep(tmp_path / "sweep", endpoints=[server.url])
+    (trial,) = table.trials
+    assert (trial.status, trial.calls) == ("finished", 40)
+    got, want = tmp_path / "sweep" / "trials" / trial.id, first[0] / "trials" / trial.id
+    assert _json(got / "result.json")["test"] == _json(want / "result.json")["test"]
+    res = runner.invoke(app, ["sweep", "--resume", str(tmp_path / "sweep"), "--device", "cpu"])
+    assert res.exit_code == 2 and "every trial uses a service" in res.output
 
 
 def test_sweep_without_ray_says_which_extra_to_install(tmp_path: Path) -> None:

@@ -177,7 +177,7 @@ def sweep_cmd(
     methods: Annotated[Optional[str], typer.Option("--methods", help="Method presets, comma-separated (e.g. bbt,bbtv2).")] = None,
     grid_file: Annotated[Optional[Path], typer.Option("--grid", help="TOML: a \\[fit] table of settings for every trial, a \\[grid] table of lists of values to vary (fit's option names); options given here win.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Sweep directory (default: sweeps/TIME); each trial's run directory is trials/ID in it.")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the stopped sweep in this directory: runs only its unfinished trials, each from its checkpoint.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the stopped sweep in this directory: runs only its unfinished trials, each from its checkpoint. Takes the Ray and tracking options, and --endpoint, --token-env and --device (where the trials run); no option that changes a trial.")] = None,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT (default: a local Ray on this machine's cores). Every node must see the sweep directory at the same path.")] = None,
     cpus_per_trial: Annotated[Optional[float], typer.Option("--cpus-per-trial", help="CPUs each trial reserves (torch gets as many threads); default 1.")] = None,
     gpus_per_trial: Annotated[Optional[float], typer.Option("--gpus-per-trial", help="GPUs each trial reserves (fractions share one); default 0.")] = None,
@@ -202,15 +202,18 @@ def sweep_cmd(
     engine: dict[str, Any] = dict(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                                   max_concurrent=max_concurrent, max_retries=max_retries, mlflow=uri)
     if resume is not None:
+        movable = {"endpoint", "token_env", "device"}  # where the trials run, not what they compute
         given = [f"--{f.replace('_', '-')}" for g in groups.values() for f, v in dataclasses.asdict(g).items()
-                 if v not in (None, False)]
+                 if v not in (None, False) and f not in movable]
         given += [opt for opt, v in (("--tasks", tasks), ("--seeds", seeds), ("--methods", methods),
                                      ("--grid", grid_file), ("--output", output), ("--baseline", baseline)) if v is not None]
         if given:
             raise ConfigError(f"--resume continues {resume} with its stored trials, but {', '.join(given)} would change "
                               f"them; drop {'that option' if len(given) == 1 else 'those options'}, or start a new sweep")
         _note(quiet, f"resume sweep {resume}")
-        return _finish(lambda: resume_sweep(resume, progress=progress, **engine), resume, progress, fmt)
+        b = backend_opts
+        return _finish(lambda: resume_sweep(resume, progress=progress, endpoints=b.endpoint, token_env=b.token_env,
+                                            device=b.device, **engine), resume, progress, fmt)
 
     shared, axes = _toml(grid_file) if grid_file else ({}, {})
     shared, axes = _normalise(shared, f"[fit] of {grid_file}"), _normalise(axes, f"[grid] of {grid_file}")

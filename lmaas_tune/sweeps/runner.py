@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+from lmaas_tune.backends.factory import SERVICES
+from lmaas_tune.errors import ConfigError
 
 from .directory import SweepDirectory
 from .engine import EngineOptions, check_address, require, run_trials
@@ -67,11 +70,18 @@ def resume_sweep(
     max_concurrent: int | None = None,
     max_retries: int | None = None,
     mlflow: str | None = None,
+    endpoints: Sequence[str] | None = None,
+    token_env: str | None = None,
+    device: str | None = None,
     progress: Progress | None = None,
 ) -> SweepTable:
     """Continue the sweep in ``output``: run the trials that have not finished (each from its own
     checkpoint), skip the others. Options left out take the values the sweep was started with
-    (except ``address``: without it, a local Ray)."""
+    (except ``address``: without it, a local Ray).
+
+    As ``lmaas-tune resume`` for one run, only what cannot change a result may change: the
+    services' ``endpoints`` and ``token_env`` (trials of a remote or vLLM backend) and a local
+    model's ``device``."""
     directory = SweepDirectory.open(output)
     stored = directory.engine
 
@@ -85,7 +95,28 @@ def resume_sweep(
     mlflow = tracking_uri(mlflow) if mlflow is not None else None
     check_extras(mlflow)
     check_address(address)
-    return _run(directory, options, mlflow, progress)
+    return _run(directory, options, mlflow, progress, _moved(directory.trials, endpoints, token_env, device))
+
+
+def _moved(trials: Sequence[TrialSpec], endpoints: Sequence[str] | None, token_env: str | None,
+           device: str | None) -> tuple[TrialSpec, ...]:
+    """The trials with their services' new addresses and token variable, and local models' new device."""
+    served = [t for t in trials if t.backend.backend in SERVICES]
+    if (endpoints or token_env) and not served:
+        raise ConfigError("--endpoint and --token-env point a resumed sweep's trials at their services, but no trial "
+                          "of this sweep uses one (they run local models); drop those options")
+    if device and len(served) == len(trials):
+        raise ConfigError("--device moves a resumed sweep's local models, but every trial uses a service; drop it")
+    out = []
+    for t in trials:
+        if t.backend.backend in SERVICES:
+            changes: dict[str, Any] = {"endpoints": tuple(endpoints)} if endpoints else {}
+            if token_env is not None:
+                changes["token_env"] = token_env
+        else:
+            changes = {"device": device} if device else {}
+        out.append(replace(t, backend=replace(t.backend, **changes)) if changes else t)
+    return tuple(out)
 
 
 def check_extras(mlflow: str | None) -> None:
@@ -96,8 +127,8 @@ def check_extras(mlflow: str | None) -> None:
 
 
 def _run(directory: SweepDirectory, options: EngineOptions, mlflow: str | None,
-         progress: Progress | None) -> SweepTable:
-    todo = [t for t in directory.trials if not directory.finished(t.id)]
+         progress: Progress | None, trials: Sequence[TrialSpec] | None = None) -> SweepTable:
+    todo = [t for t in trials or directory.trials if not directory.finished(t.id)]
     tracker = MlflowTracker(mlflow, directory) if mlflow is not None else None
     if tracker is not None:  # trials that finished before a stop, not logged yet
         logged = tracker.logged()
