@@ -97,3 +97,17 @@ def test_a_sweep_directory_is_made_once(tmp_path: Path) -> None:
     assert SweepDirectory.open(tmp_path / "s").trials == trials
     with pytest.raises(RunDirectoryError, match="is not a sweep directory"):
         SweepDirectory.open(tmp_path)
+
+
+def test_progress_off_a_terminal_is_a_plain_line_each_time_the_counts_change(capsys: pytest.CaptureFixture[str]) -> None:
+    from lmaas_tune.cli.sweep import ProgressLine
+    from lmaas_tune.sweeps import BestDev, SweepProgress
+
+    seen = [SweepProgress(4, 0, 0, 2, 2, None), SweepProgress(4, 0, 0, 2, 2, None),
+            SweepProgress(4, 1, 1, 2, 0, BestDev(0.75, "sst2-bbt-s42"))]
+    with ProgressLine(quiet=False) as line:
+        for p in seen:
+            line(p)
+    assert capsys.readouterr().err.splitlines() == [
+        "trials: 0/4 done, 2 running, 2 queued, 0 failed",
+        "trials: 1/4 done, 2 running, 0 queued, 1 failed; best dev 0.7500 (sst2-bbt-s42)"]
