@@ -262,13 +262,14 @@ def test_a_resumed_sweep_may_find_its_service_elsewhere(
     assert res.exit_code == 2 and "every trial uses a service" in res.output
 
 
-def test_sweep_without_ray_says_which_extra_to_install(tmp_path: Path) -> None:
-    code = ("import sys; sys.modules['ray'] = None\n"
+@pytest.mark.parametrize(("missing", "extra_args"), [("ray", []), ("mlflow", ["--mlflow"])])
+def test_sweep_without_an_extra_says_which_to_install(missing: str, extra_args: list[str], tmp_path: Path) -> None:
+    code = (f"import sys; sys.modules[{missing!r}] = None\n"
             "from typer.testing import CliRunner\nfrom lmaas_tune.cli import app\n"
-            f"r = CliRunner().invoke(app, ['sweep', '--tasks', 'sst2', '-o', {str(tmp_path / 's')!r}])\n"
+            f"r = CliRunner().invoke(app, ['sweep', '--tasks', 'sst2', '-o', {str(tmp_path / 's')!r}, *{extra_args!r}])\n"
             "print(r.exit_code); print(r.output)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     lines = res.stdout.strip().splitlines()
     assert lines[0] == "2", res.stdout + res.stderr
-    assert "pip install 'lmaas-tune[ray]'" in res.stdout and len([ln for ln in lines[1:] if ln.strip()]) == 1
+    assert f"pip install 'lmaas-tune[{missing}]'" in res.stdout and len([ln for ln in lines[1:] if ln.strip()]) == 1
     assert not (tmp_path / "s").exists()  # nothing written before the check

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from lmaas_tune.cli import app
 from lmaas_tune.cli.options import BackendOptions, TaskOptions, TuningOptions
 from lmaas_tune.cli.sweep import build_trials
-from lmaas_tune.errors import RunDirectoryError
+from lmaas_tune.errors import ConfigError, RunDirectoryError
+from lmaas_tune.tasks.spec import TaskSpec
 from lmaas_tune.sweeps import SweepDirectory, expand, grid, trial_id
 
 runner = CliRunner()
@@ -48,6 +49,9 @@ def test_a_trial_is_the_fit_its_options_describe() -> None:
     assert [t.id for t in grid(["sst2"], seeds=[1, 2], vary={"budget": [40, 80]}, popsize=4)] == [
         "sst2-bbt-s1-budget40", "sst2-bbt-s1-budget80", "sst2-bbt-s2-budget40", "sst2-bbt-s2-budget80"]
     assert trial_id(expand({"seed": [1], "task": ["x/y.toml"]})[0]) == "y-bbt-s1"
+    custom = TaskSpec("custom", "{sentence} It was {mask}", ("bad", "great"), "a.tsv", "b.tsv")
+    with pytest.raises(ConfigError, match="names task \\['custom'\\] more than once"):
+        grid([custom, custom])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="with datasets the hub tasks run")

@@ -116,6 +116,10 @@ def grid(
     then the settings given. A task is a registered name or a :class:`TaskSpec`.
     """
     by_name = {t if isinstance(t, str) else t.name: t for t in tasks}
+    if len(by_name) < len(tasks):
+        names = [t if isinstance(t, str) else t.name for t in tasks]
+        raise ConfigError(f"the grid names task {sorted({n for n in names if names.count(n) > 1})} more than once; "
+                          f"give each task once, and each custom task its own name (TaskSpec(name=...))")
     axes: dict[str, Sequence[Any]] = {"task": list(by_name), "method": list(methods), "seed": list(seeds),
                                       **(vary or {})}
     settings = backend or BackendSettings()
