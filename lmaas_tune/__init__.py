@@ -25,6 +25,7 @@ from .errors import (
     IncompatibleServiceError,
     InputTooLongError,
     LmaasTuneError,
+    MissingExtraError,
     ModelLoadError,
     ModelNotFoundError,
     NonFiniteLossError,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from .tuning.fewshot import FewShotSplit
     from .tuning.predict import Prediction, predict
     from .tuning.tuner import BlackBoxTuner
+    from .sweeps import SweepRow, SweepTable, TrialOutcome, TrialSpec, grid, read_sweep, resume_sweep, sweep
 
 # name -> the module that defines it (imported on first access, see __getattr__)
 _LAZY: dict[str, str] = {
@@ -101,6 +103,14 @@ _LAZY: dict[str, str] = {
     "plot_runs": ".runs.reports",
     "RunConfig": ".runs.record",
     "RunDirectory": ".runs",
+    "sweep": ".sweeps",
+    "resume_sweep": ".sweeps",
+    "read_sweep": ".sweeps",
+    "grid": ".sweeps",
+    "TrialSpec": ".sweeps",
+    "SweepTable": ".sweeps",
+    "SweepRow": ".sweeps",
+    "TrialOutcome": ".sweeps",
 }
 
 __all__ = [
@@ -114,7 +124,8 @@ __all__ = [
     "TuneConfig", "UnknownNameError", "VerbalizerError", "WireFormatError", "__version__", "custom_task",
     "evaluate_prompt", "get_task", "plot_runs", "read_runs",
     "METHOD_PRESETS", "Prediction", "predict", "tune_config", "Evaluation", "RunConfig", "RunDirectory",
-    "VllmBackend",
+    "VllmBackend", "MissingExtraError", "sweep", "resume_sweep", "read_sweep", "grid", "TrialSpec", "SweepTable",
+    "SweepRow", "TrialOutcome",
 ]
 
 

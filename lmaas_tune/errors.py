@@ -76,6 +76,12 @@ class RunDirectoryError(LmaasTuneError, OSError):
     exit_code = 2
 
 
+class MissingExtraError(LmaasTuneError, ImportError):
+    """A feature needs an optional extra that is not installed (``pip install 'lmaas-tune[EXTRA]'``)."""
+
+    exit_code = 2
+
+
 class RunInterrupted(LmaasTuneError):
     """A signal (SIGINT, SIGTERM) stopped the run; its last checkpoint is on disk.
 

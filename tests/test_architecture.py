@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("methods", ("lmaas_tune.methods",)),
     ("runs", ("lmaas_tune.runs",)),
     ("tuning", ("lmaas_tune.tuning",)),
+    ("sweeps", ("lmaas_tune.sweeps",)),
     ("cli", ("lmaas_tune.cli", "lmaas_tune.__main__")),
 ]
 #: peers in one layer that must not import each other (importer prefix -> forbidden prefixes)
