@@ -89,6 +89,18 @@ def icl_task(task: Task, demos: list[Any], kind: ModelKind) -> Task:
     return task.with_format(template="\n\n".join(parts) + "\n\n" + text)
 
 
+def settings(pairs: list[str]) -> dict[str, Any]:
+    """``["sigma0=0.3"]`` -> ``{"sigma0": 0.3}`` (values read as JSON where they parse, else text)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def read_as(task: Task, variant: str | None) -> Task:
     """``task`` read as ``variant`` says: ``multi`` (a registered verbalizer), ``cal`` (calibrated),
     ``multi+cal`` (both), or ``None`` (as registered)."""
@@ -255,6 +267,9 @@ async def main() -> None:
                     help="ways of reading the label words, each a registered verbalizer name (e.g. multi), cal "
                          "(calibration on content-free inputs), or both joined by + (multi+cal): manual and bbt "
                          "again with each, rows named manual+VARIANT and bbt+VARIANT@budget")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="tuning settings over the CPU preset and the method's for every BBT row (e.g. sigma0=0.3); "
+                         "the rows' names say them")
     ap.add_argument("--k-shot", type=int, default=16)
     ap.add_argument("--gpt-steps", type=int, default=100)
     ap.add_argument("--gpt-lr", type=float, default=3e-3)
@@ -292,11 +307,11 @@ async def run(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             task = get_task(name)
             test = task.load("test")[: args.test_limit] if args.test_limit else task.load("test")
             init = INIT.get(name, "")
-            for variant in [None, *args.variants]:
-                label = "manual" + (f"+{variant}" if variant else "")
+            for reading in [None, *args.variants]:
+                label = "manual" + (f"+{reading}" if reading else "")
                 if "manual" in args.methods and (name, label, None) not in done:
                     start = time.perf_counter()
-                    ev = await evaluate_prompt(backend, read_as(task, variant), test)
+                    ev = await evaluate_prompt(backend, read_as(task, reading), test)
                     record(name, label, None, ev.accuracy, ev.n, 0, time.perf_counter() - start)
             for seed in args.seeds:
                 split = FewShotSplit.draw(task.load("train"), args.k_shot, seed, task.num_labels)
@@ -304,18 +319,22 @@ async def run(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
                     demos = list(split.train)
                     random.Random(seed).shuffle(demos)
                     start = time.perf_counter()
+                    longest = [max(test, key=lambda e: sum(len(t) for t in e.texts.values()))]
+                    while len(demos) > 1 and (await backend.token_lengths(
+                            icl_task(task, demos, kind).render(longest, kind)))[0] > backend.info.max_length:
+                        demos.pop()  # as many demonstrations as fit the context beside the longest test input
                     ev = await evaluate_prompt(backend, icl_task(task, demos, kind), test)
                     record(name, "icl", seed, ev.accuracy, ev.n, 0, time.perf_counter() - start, demos=len(demos))
                 runs = [(m, None) for m in (["bbt"] if "bbt" in args.methods else []) + list(args.bbt_methods)]
                 runs += [("bbt", v) for v in args.variants]
-                for method, variant in runs:
-                    tuned = read_as(task, variant)
-                    base_label = f"{method}{'+' + variant if variant else ''}"
+                for method, reading in runs:
+                    tuned = read_as(task, reading)
+                    base_label = f"{method}{'+' + reading if reading else ''}" + "".join(f"[{kv}]" for kv in args.set)
                     todo = [b for b in args.budgets if (name, f"{base_label}@{b}", seed) not in done]
                     if not todo:
                         continue
                     cfg0 = tune_config("cpu", method, seed=seed, k_shot=args.k_shot,
-                                       prompt_init=init if method != "bbtv2" else "")
+                                       prompt_init=init if method != "bbtv2" else "", **settings(args.set))
                     # CMA-ES does not look at the budget, so a run's first N calls are those of a run with budget
                     # N: one run at the largest budget gives every point of the curve (the dev-selected prompt
                     # after N calls). A two-stage optimiser splits its budget, so it runs once per budget.

@@ -193,3 +193,19 @@ def test_the_cli_records_calibration_and_evaluate_and_predict_use_it(llama_dir: 
 
     np.testing.assert_allclose(probs, asyncio.run(by_hand(True)), atol=1e-5)
     assert not np.allclose(probs, asyncio.run(by_hand(False)), atol=1e-5)  # the calibration was applied
+
+
+async def test_content_free_inputs_that_do_not_fit_are_refused(llama_backend: LocalBackend, tmp_path: Path) -> None:
+    from lmaas_tune.errors import DataError
+    from lmaas_tune.tasks.data import Example
+
+    task = sentiment_task(tmp_path).with_calibration()
+    short = [Example({"sentence": "a"}, 0), Example({"sentence": "b"}, 1)]
+    kind = llama_backend.info.kind
+    longest = max(await llama_backend.token_lengths(task.render(short, kind)))
+    cf = max(await llama_backend.token_lengths(task.render(task.content_free(), kind)))
+    assert cf > longest  # "[MASK]" is longer than one letter
+    room = llama_backend.info.max_length - longest  # the inputs just fit with a prompt this long
+    with pytest.raises(DataError, match="content-free inputs of calibration do not fit"):
+        await prepare(llama_backend, task, short, room)
+    assert len(await prepare(llama_backend, task.with_calibration(()), short, room)) == 2
