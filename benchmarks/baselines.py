@@ -174,8 +174,14 @@ def gradient_prompt_tuning(ref: LocalBackend, task: Task, split: FewShotSplit, p
 
 def _stats(values: list[float]) -> str:
     mean = 100 * statistics.mean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def _order(key: tuple[str, str]) -> tuple[int, str]:
+    """manual rows, then icl, then BBT's, then gpt; by name within each."""
+    method = key[1]
+    rank = next((i for i, p in enumerate(("manual", "icl", "bbt", "gpt")) if method.startswith(p)), 4)
+    return rank, method
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -185,7 +191,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if (r["task"], r["method"]) not in keys:
             keys.append((r["task"], r["method"]))
-    for task, method in keys:
+    tasks = list(dict.fromkeys(t for t, _ in keys))
+    for task, method in sorted(keys, key=lambda k: (tasks.index(k[0]), *_order(k))):
         sel = [r for r in rows if (r["task"], r["method"]) == (task, method)]
         lines.append(f"| {task} | {method} | {_stats([r['accuracy'] for r in sel])} | {len(sel)} | "
                      f"{sel[0]['calls']} | {statistics.mean(r['wall_time_s'] for r in sel):.0f} |")
