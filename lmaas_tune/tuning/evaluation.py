@@ -104,8 +104,15 @@ async def prepare(
     check_on_long(on_long)
     if not examples:
         raise DataError(f"no {what} to score")
-    batch = task.render(examples, backend.info.kind)
-    lengths = np.array(await backend.token_lengths(batch))
+    kind = backend.info.kind
+    batch = task.render(examples, kind)
+    extra = task.render(task.content_free(), kind).queries if task.calibration else ()
+    measured = np.array(await backend.token_lengths(ScoringBatch(batch.queries + extra, batch.label_words)))
+    lengths, content_free = measured[:len(examples)], measured[len(examples):]
+    if (content_free + prompt_length > backend.info.max_length).any():
+        raise DataError(f"the content-free inputs of calibration do not fit the model limit of "
+                        f"{backend.info.max_length} tokens with a {prompt_length}-token prompt; shorten the "
+                        f"template or lower --prompt-length")
     keep = np.flatnonzero(lengths + prompt_length <= backend.info.max_length)
     dropped = len(examples) - len(keep)
     if dropped and on_long == "error":
@@ -124,14 +131,7 @@ async def prepare(
                             f"{backend.info.max_length} tokens; shorten them or lower --prompt-length")
         batch = batch.subset([int(i) for i in keep])
     labels = np.array([examples[int(i)].label for i in keep], dtype=np.int64)
-    data = labelled(task, backend.info.kind, batch, labels, dropped)
-    if data.content_free:
-        cf = np.array(await backend.token_lengths(data.batch.subset(range(len(labels), len(data.batch)))))
-        if (cf + prompt_length > backend.info.max_length).any():
-            raise DataError(f"the content-free inputs of calibration do not fit the model limit of "
-                            f"{backend.info.max_length} tokens with a {prompt_length}-token prompt; shorten the "
-                            f"template or lower --prompt-length")
-    return data
+    return labelled(task, kind, batch, labels, dropped)
 
 
 def summarise(scores: np.ndarray, data: LabelledBatch, metric: str) -> Evaluation:
