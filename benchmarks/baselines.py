@@ -14,7 +14,7 @@ class, drawn by the seed) and the full test set:
   The white-box reference for what this prompt could reach with gradients; a benchmark only.
 * ``--bbt-methods``: BBT rows for other method presets (``lmaas_tune.methods.METHOD_PRESETS``,
   e.g. ``bbt-cobyla``) at each budget;
-* ``--variants``: the manual and BBT rows again with the label words read another way: a
+* ``--variants``: the manual and BBT rows (those in ``--methods``) again with the label words read another way: a
   registered verbalizer (``multi``: several words per label), ``cal`` (calibration on content-free
   inputs), or both (``multi+cal``).
 
@@ -333,7 +333,7 @@ async def run(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
                     ev = await evaluate_prompt(backend, icl_task(task, demos, kind), test)
                     record(name, "icl", seed, ev.accuracy, ev.n, 0, time.perf_counter() - start, demos=len(demos))
                 runs = [(m, None) for m in (["bbt"] if "bbt" in args.methods else []) + list(args.bbt_methods)]
-                runs += [("bbt", v) for v in args.variants]
+                runs += [("bbt", v) for v in args.variants if "bbt" in args.methods]
                 for method, reading in runs:
                     tuned = read_as(task, reading)
                     base_label = f"{method}{'+' + reading if reading else ''}" + "".join(f"[{kv}]" for kv in args.set)
