@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import string
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -211,28 +212,36 @@ def bytelevel_tokenizer() -> PreTrainedTokenizerFast:
     return roberta_tokenizer()
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the vLLM servers the collected tests use now, in the background (see vllm_support)."""
+    wanted = set().union(*(getattr(item, "fixturenames", ()) for item in session.items))
+    servers = [name for name in ("vllm_url", "vllm_plain_url") if name in wanted]
+    if servers:
+        import vllm_support
+
+        for name in servers:
+            vllm_support.prestart(name)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if "vllm_support" in sys.modules:
+        sys.modules["vllm_support"].stop_started()
+
+
 @pytest.fixture(scope="session")
-def vllm_url(request: pytest.FixtureRequest) -> str:
+def vllm_url() -> str:
     """A real vLLM server (scripts/vllm_server.sh): prompt embeddings on, API key ``vllm_support.KEY``."""
     import vllm_support
 
-    url, started = vllm_support.start(vllm_support.PORT, "--api-key-env", vllm_support.KEY_ENV)
-    if started:
-        request.addfinalizer(lambda: vllm_support.stop(vllm_support.PORT))
-    return url
+    return vllm_support.server("vllm_url")
 
 
 @pytest.fixture(scope="session")
-def vllm_plain_url(request: pytest.FixtureRequest) -> str:
-    """A real vLLM server started *without* --enable-prompt-embeds (no API key), which the vLLM backend must refuse.
-
-    Starting it takes about two minutes; only tests that need this refusal ask for it."""
+def vllm_plain_url() -> str:
+    """A real vLLM server started *without* --enable-prompt-embeds (no API key), which the vLLM backend must refuse."""
     import vllm_support
 
-    url, started = vllm_support.start(vllm_support.PLAIN_PORT, "--no-prompt-embeds")
-    if started:
-        request.addfinalizer(lambda: vllm_support.stop(vllm_support.PLAIN_PORT))
-    return url
+    return vllm_support.server("vllm_plain_url")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import asyncio
 import json
 import random
 import signal
+import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,13 +196,22 @@ async def test_a_fit_through_faults_ends_as_the_fault_free_vllm_fit(vllm_url: st
     assert len(sleep.delays) == injected and 2.0 in sleep.delays and 1.0 in sleep.delays
 
 
-def test_the_vllm_example_runs(vllm_url: str) -> None:
+def test_the_vllm_example_runs(vllm_url: str, tmp_path: Path) -> None:
+    """The example end to end on a task file (examples/custom_task.toml's task, its test set cut to
+    64 sentences: the example's own code path, without scoring 872 sentences twice)."""
     import os
     import subprocess
     import sys
 
+    data = vllm_support.ROOT / "lmaas_tune" / "data" / "sst2"
+    (tmp_path / "test.tsv").write_text("".join((data / "dev.tsv").read_text("utf-8").splitlines(True)[:65]), "utf-8")
+    spec = tomllib.loads((vllm_support.ROOT / "examples" / "custom_task.toml").read_text("utf-8"))
+    spec.update(train=str(data / "train.tsv"), test=str(tmp_path / "test.tsv"))
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps(spec), "utf-8")
     env = {**os.environ, "LMAAS_TUNE_TOKEN": vllm_support.KEY, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(vllm_support.ROOT / "examples" / "vllm_fit.py"), vllm_url, "--budget", "20"],
-                          capture_output=True, text=True, env=env, timeout=900)
+    done = subprocess.run([sys.executable, str(vllm_support.ROOT / "examples" / "vllm_fit.py"), vllm_url, "--budget", "20",
+                           "--task-file", str(task_file)], capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "test accuracy" in done.stdout and "20 calls in" in done.stdout
+    assert "tuning movie-sentiment through it" in done.stdout and "20 calls in" in done.stdout
+    assert "test accuracy" in done.stdout and "on 64 movie-sentiment examples" in done.stdout
