@@ -51,6 +51,7 @@ CASES = {
     "too-few-per-class": "too few training examples for 9-shot",
     "input-too-long-error": "longer than the model limit of 128 tokens",
     "input-too-long-dropped": "dropped 1 of 4 train examples longer than the model limit",
+    "calibration-does-not-fit": "the content-free inputs of calibration do not fit the model limit of 128 tokens",
     "popsize-below-2": "--popsize must be at least 2",
     "budget-below-popsize": "--budget (3) is smaller than --popsize (4)",
     "sigma-not-finite": "--sigma and --alpha must be positive finite numbers",
@@ -167,6 +168,10 @@ def test_inputs_longer_than_the_model(data: Path, llama_dir: Path, tmp_path: Pat
     assert res.exit_code == 0, res.output
     assert CASES["input-too-long-dropped"] in caplog.text
     assert json.loads((tmp_path / "b" / "result.json").read_text())["dropped"] == {"train": 1, "dev": 0}
+    long_template = "{sentence} " + "and so on " * 50 + "It was {mask}"  # too long even for an empty input
+    check("calibration-does-not-fit", ["fit", *task_args(data, llama_dir, template=long_template), *TINY, "--calibrate",
+                                       "-o", str(tmp_path / "c")], 2)
+    assert not (tmp_path / "c").exists()
 
 
 # -- tuning settings ----------------------------------------------------------------------------------
