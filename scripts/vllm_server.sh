@@ -8,9 +8,10 @@
 #
 # start's options: --port P (default 8765), --model DIR (default: the embedded model's directory),
 # --no-prompt-embeds (a server lmaas-tune must refuse), --api-key-env VAR (require the key in $VAR),
-# --eager (skip vLLM's graph capture: starts about 80 s sooner on two CPU cores, serves the same
-# scores; the tests use it), --wait S (seconds to wait for /v1/models, default 900). A server already answering on the port is
-# reused. Its log and pid go to $LMAAS_TUNE_VLLM_STATE (default .vllm/ at the repository root).
+# --eager (vLLM's --enforce-eager: no graph capture, so it starts about 80 s sooner on two CPU
+# cores; the tests use it), --wait S (seconds to wait for /v1/models, default 900). A server
+# already answering on the port is reused. Its log and pid go to $LMAAS_TUNE_VLLM_STATE (default
+# .vllm/ at the repository root).
 #
 # vLLM's pins clash with lmaas-tune's (transformers), so it lives in $LMAAS_TUNE_VLLM_VENV (default
 # .venv-vllm/), as a real deployment's separate service would. The project's own Python ($PYTHON,

@@ -214,12 +214,11 @@ def bytelevel_tokenizer() -> PreTrainedTokenizerFast:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the vLLM servers the collected tests use now, in the background (see vllm_support)."""
-    wanted = set().union(*(getattr(item, "fixturenames", ()) for item in session.items))
-    servers = [name for name in ("vllm_url", "vllm_plain_url") if name in wanted]
-    if servers:
-        import vllm_support
+    import vllm_support
 
-        for name in servers:
+    wanted = set().union(*(getattr(item, "fixturenames", ()) for item in session.items))
+    for name in vllm_support.SERVERS:
+        if name in wanted:
             vllm_support.prestart(name)
 
 

@@ -31,7 +31,7 @@ SERVERS = {
 }
 
 _starter = ThreadPoolExecutor(1, thread_name_prefix="vllm-start")  # one at a time: the first installs vLLM
-_starts: dict[int, Future[tuple[str, bool]]] = {}
+_starts: dict[str, Future[tuple[str, bool]]] = {}  #: fixture name -> its start
 
 
 def _script(*args: str) -> subprocess.CompletedProcess[str]:
@@ -65,20 +65,20 @@ def start(port: int, *options: str) -> tuple[str, bool]:
 
 def prestart(fixture: str) -> None:
     """Begin starting the server behind ``fixture`` in the background (once)."""
-    port, options = SERVERS[fixture]
-    if port not in _starts:
-        _starts[port] = _starter.submit(start, port, *options)
+    if fixture not in _starts:
+        port, options = SERVERS[fixture]
+        _starts[fixture] = _starter.submit(start, port, *options)
 
 
 def server(fixture: str) -> str:
     """The URL of the server behind ``fixture``, once it answers."""
     prestart(fixture)
-    return _starts[SERVERS[fixture][0]].result()[0]
+    return _starts[fixture].result()[0]
 
 
 def stop_started() -> None:
     """Stop every server this session started (a start not yet begun is dropped; one under way is awaited)."""
-    for port, future in _starts.items():
+    for fixture, future in _starts.items():
         if future.cancel():
             continue
         try:
@@ -86,7 +86,7 @@ def stop_started() -> None:
         except Exception:
             started = True  # a failed start may have left a process behind
         if started:
-            stop(port)
+            stop(SERVERS[fixture][0])
     _starts.clear()
 
 
