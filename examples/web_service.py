@@ -50,6 +50,7 @@ from lmaas_tune.tuning.fewshot import FewShotSplit
 from lmaas_tune.tasks.data import Example
 from lmaas_tune.tasks.task import Task
 from lmaas_tune.runs.record import RunConfig
+from lmaas_tune.runs.results import finite_or_none
 
 log = logging.getLogger("web_service")
 
@@ -94,7 +95,7 @@ class Job:
 
 
 def result_record(r: FitResult) -> dict[str, Any]:
-    return {"metric": r.metric, "dev": r.dev, "train_loss": r.train_loss, "calls": r.calls,
+    return {"metric": r.metric, "dev": r.dev, "train_loss": finite_or_none(r.train_loss), "calls": r.calls,
             "wall_time_s": round(r.wall_time, 3), "retries": r.ledger.get("retries", 0)}
 
 

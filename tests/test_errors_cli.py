@@ -70,6 +70,7 @@ CASES = {
     "prompt-init-deep": "--prompt-init is for --method bbt",
     "optimizer-deep": "--optimizer cma-cobyla is for --method bbt",
     "cma-fraction-range": "--cma-fraction must be more than 0 and at most 1",
+    "dev-candidates-unknown": "--dev-candidates must be one of best, best+mean",
     "column-malformed": "--column expects FIELD=COLUMN",
     "device-unavailable": "no such CUDA device",
 }
@@ -185,6 +186,7 @@ def test_tuning_settings(data: Path, llama_dir: Path) -> None:
     check("prompt-init-deep", ["fit", *task_args(data, llama_dir), "--method", "bbtv2", "--prompt-init", "Review:"], 2)
     check("optimizer-deep", ["fit", *task_args(data, llama_dir), "--method", "bbtv2", "--optimizer", "cma-cobyla"], 2)
     check("cma-fraction-range", ["fit", *task_args(data, llama_dir), "--optimizer", "cma-cobyla", "--cma-fraction", "0"], 2)
+    check("dev-candidates-unknown", ["fit", *task_args(data, llama_dir), "--dev-candidates", "centre"], 2)
     check("column-malformed", ["fit", *task_args(data, llama_dir), "--column", "sentence"], 2)
     check("device-unavailable", ["evaluate", *task_args(data, llama_dir), "--device", "cuda:99"], 2)
 

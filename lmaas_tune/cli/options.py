@@ -154,12 +154,13 @@ class TuningOptions:
     on_long: OnLongOpt = None
     optimizer: Annotated[Optional[str], typer.Option(help="How z is searched (--method bbt only; default cma-es): " + "; ".join(f"{n}: {d}" for n, d in OPTIMIZERS.items()) + ".")] = None
     cma_fraction: Annotated[Optional[float], typer.Option("--cma-fraction", help="--optimizer cma-cobyla: the share of the budget CMA-ES gets before COBYLA takes over (rounded down to whole generations); default 0.5.")] = None
+    dev_candidates: Annotated[Optional[str], typer.Option("--dev-candidates", help="What each dev check scores: best (the lowest-train-loss candidate since the last check; the paper's, default) or best+mean (also CMA-ES's mean; the better on dev is kept).")] = None
 
     #: option -> TuneConfig field
     FIELDS = {"seed": "seed", "budget": "budget", "popsize": "popsize", "prompt_length": "prompt_length",
               "intrinsic_dim": "intrinsic_dim", "sigma": "sigma0", "alpha": "alpha", "loss": "loss", "k_shot": "k_shot",
               "eval_every": "eval_every", "on_long": "on_long", "prompt_init": "prompt_init", "optimizer": "optimizer",
-              "cma_fraction": "cma_fraction"}
+              "cma_fraction": "cma_fraction", "dev_candidates": "dev_candidates"}
 
     def config(self, defaults: TuneConfig | None = None) -> TuneConfig:
         """The size preset, then the method preset, then the explicit options (the same composition

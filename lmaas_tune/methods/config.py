@@ -14,6 +14,10 @@ from .losses import LOSSES
 from .optimizers import OPTIMIZERS
 
 
+#: what a dev check may score (:attr:`TuneConfig.dev_candidates`)
+DEV_CANDIDATES = ("best", "best+mean")
+
+
 @dataclass(frozen=True)
 class TuneConfig:
     """Black-Box Tuning knobs. Defaults are the paper's (DESIGN §1)."""
@@ -42,6 +46,9 @@ class TuneConfig:
     optimizer: str = "cma-es"
     #: cma-cobyla: the share of the budget CMA-ES gets (rounded down to whole generations, at least one)
     cma_fraction: float = 0.5
+    #: what a dev check scores: "best" (the paper's: the lowest-train-loss candidate since the last
+    #: check) or "best+mean" (also the optimiser's centre, CMA-ES's mean; the better on dev is kept)
+    dev_candidates: str = "best"
 
     def __post_init__(self) -> None:
         if self.popsize < 2:
@@ -69,6 +76,8 @@ class TuneConfig:
         object.__setattr__(self, "optimizer", OPTIMIZERS.canonical(self.optimizer))
         if not 0 < self.cma_fraction <= 1:
             raise ConfigError(f"--cma-fraction must be more than 0 and at most 1; got {self.cma_fraction}")
+        if self.dev_candidates not in DEV_CANDIDATES:
+            raise ConfigError(f"--dev-candidates must be one of {', '.join(DEV_CANDIDATES)}; got {self.dev_candidates!r}")
         if self.optimizer != "cma-es" and self.method != "bbt":
             raise ConfigError(f"--optimizer {self.optimizer} is for --method bbt; {self.method} runs a CMA-ES per "
                               f"layer (leave --optimizer out)")

@@ -36,6 +36,7 @@ from lmaas_tune.projection import AnySpec, spec_from_dict
 
 from .atomic import atomic_write
 from .directory import RunDirectory
+from .results import finite_or_none
 
 
 class BudgetLedger(Protocol):
@@ -54,8 +55,7 @@ _COUNTERS = ("calls", "attempts", "retries", "failures", "uncharged_calls", "byt
 
 
 def _num(x: float | None) -> float | None:
-    """JSON has no infinity: non-finite values are stored as null."""
-    return None if x is None or not math.isfinite(x) else float(x)
+    return None if x is None else finite_or_none(x)
 
 
 @dataclass

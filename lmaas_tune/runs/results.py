@@ -6,6 +6,7 @@ A finished run stores its result in ``result.json`` (and its best prompt in ``be
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ class FitResult:
     projection: AnySpec
     metric: str
     dev: float
+    #: the kept prompt's train loss; ``inf`` when it was never scored on the train set (the
+    #: optimiser's centre, kept by a dev check with ``dev_candidates="best+mean"``); stored as null
     train_loss: float
     test: Evaluation | None
     manual: Evaluation | None
@@ -51,11 +54,16 @@ class FitResult:
 
 
 
+def finite_or_none(x: float) -> float | None:
+    """JSON has no infinity: a non-finite value is stored as null."""
+    return float(x) if math.isfinite(x) else None
+
+
 def write_result(run: RunDirectory, result: FitResult, dropped: dict[str, int]) -> None:
     """Store ``result`` in the run directory: the run is finished."""
     test, manual = result.test, result.manual
     run.write_json(RESULT, {
-        "metric": result.metric, "dev": result.dev, "train_loss": result.train_loss,
+        "metric": result.metric, "dev": result.dev, "train_loss": finite_or_none(result.train_loss),
         "test": test.to_dict() if test else None, "manual_prompt_test": manual.to_dict() if manual else None,
         "calls": result.calls, "wall_time_s": result.wall_time, "ledger": result.ledger, "dropped": dropped,
     })
@@ -71,7 +79,7 @@ def stored_result(run: RunDirectory) -> FitResult:
     """The result a finished run recorded (test predictions are not stored: empty)."""
     res, best = run.result, run.best
     return FitResult(np.asarray(best["z"], dtype=np.float64), spec_from_dict(best["projection"]), res["metric"],
-                     float(res["dev"]), float(res["train_loss"]), _evaluation(res.get("test")),
+                     float(res["dev"]), math.inf if res["train_loss"] is None else float(res["train_loss"]), _evaluation(res.get("test")),
                      _evaluation(res.get("manual_prompt_test")), int(res["calls"]), float(res["wall_time_s"]),
                      dict(res["ledger"]), run.path, run.initial_prompt)
 

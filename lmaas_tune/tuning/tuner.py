@@ -2,7 +2,8 @@
 
 Dev checks: whenever the charged calls reach a multiple of ``eval_every`` (and once more when the
 budget is spent), the candidate with the lowest train loss since the previous check is scored on
-the dev split (uncharged); it becomes the run's best prompt only on a strictly better dev metric.
+the dev split (uncharged), with the optimiser's centre beside it when ``dev_candidates`` is
+``"best+mean"``; the better of them becomes the run's best prompt only on a strictly better dev metric.
 The final prompt is scored once on the test set.
 
 Budgets that are not a multiple of the popsize end with a partial generation: only the calls
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,7 +36,7 @@ from lmaas_tune.projection import AnyProjection, AnySpec, build_projection
 from lmaas_tune.runs.checkpoint import Candidate, LoopState, load_checkpoint, mark_stopped, save_checkpoint
 from lmaas_tune.runs.directory import INITIAL_PROMPT, RunDirectory
 from lmaas_tune.runs.record import ModelRecord, RunConfig
-from lmaas_tune.runs.results import Evaluation, FitResult, stored_result, write_result
+from lmaas_tune.runs.results import Evaluation, FitResult, finite_or_none, stored_result, write_result
 from lmaas_tune.tasks.data import Example
 from lmaas_tune.tasks.task import Task
 
@@ -248,9 +250,9 @@ class BlackBoxTuner:
             st.pending = Candidate(np.array(population[i]), float(finite[i]), ledger.calls)
         dev_value = None
         if st.pending is not None and (ledger.calls >= st.next_check or ledger.remaining == 0):
-            dev_value = await self._dev_metric(s.scheduler, s.project, st.pending.z, s.dev)
+            checked, dev_value = await self._dev_check(s, st.pending)
             if st.best_dev is None or dev_value > st.best_dev:
-                st.best, st.best_dev, st.best_generation = st.pending, dev_value, st.generation
+                st.best, st.best_dev, st.best_generation = checked, dev_value, st.generation
                 if s.run is not None:
                     s.run.save_best(self._best_record(st.best, dev_value, s.project, st.generation), s.project(st.best.z)[0])
             st.pending = None
@@ -286,10 +288,17 @@ class BlackBoxTuner:
             write_result(run, result, {"train": s.train.dropped, "dev": s.dev.dropped})
         return result
 
-    async def _dev_metric(self, scheduler: PopulationScheduler, project: AnyProjection, z: np.ndarray, dev: LabelledBatch) -> float:
-        zs = np.atleast_2d(z)
-        scores = await scheduler.evaluate(project(zs), dev.batch, charged=False, z=zs, projection=project)
-        return summarise(scores[0], dev, self.task.metric).value
+    async def _dev_check(self, s: _Session, pending: Candidate) -> tuple[Candidate, float]:
+        """The candidate a dev check keeps, and its dev metric: ``pending`` or, with
+        ``dev_candidates="best+mean"``, the optimiser's centre if that scores strictly better (its
+        train loss is not measured: ``inf``, stored as null). One uncharged pass scores both."""
+        center = s.opt.center() if self.config.dev_candidates == "best+mean" else None
+        zs = np.stack([pending.z] if center is None else [pending.z, center])
+        scores = await s.scheduler.evaluate(s.project(zs), s.dev.batch, charged=False, z=zs, projection=s.project)
+        values = [summarise(row, s.dev, self.task.metric).value for row in scores]
+        if center is not None and values[1] > values[0]:
+            return Candidate(np.array(center), math.inf, s.ledger.calls), values[1]
+        return pending, values[0]
 
     async def _test(self, scheduler: PopulationScheduler, prompt: np.ndarray | None, data: LabelledBatch) -> Evaluation:
         """Score ``prompt`` (``None``: the manual template alone) on the prepared test set (uncharged)."""
@@ -302,7 +311,7 @@ class BlackBoxTuner:
     def _best_record(best: Candidate, dev: float, project: AnyProjection, generation: int) -> dict[str, Any]:
         return {"z": [float(x) for x in best.z], "projection": project.spec.to_dict(), "dev": dev,
                 "initial_prompt": None if project.base_prompt is None else INITIAL_PROMPT,
-                "train_loss": best.loss, "found_at_calls": best.calls, "checked_at_generation": generation}
+                "train_loss": finite_or_none(best.loss), "found_at_calls": best.calls, "checked_at_generation": generation}
 
 
 def _reason(exc: BaseException) -> str:

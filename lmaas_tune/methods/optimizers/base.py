@@ -10,6 +10,9 @@ Contract:
   by each implementation), never silently averaged away.
 * ``best`` is the lowest-loss candidate ever told. Optimisers own their randomness: two instances
   with the same seed produce the same sequence whatever else runs in the process.
+* ``center()`` is the point the search is centred on (CMA-ES's mean), a smoothed estimate of the
+  optimum that the tuner may score on the dev split beside the best candidate; ``None`` (the
+  default) when the optimiser has none apart from its best candidate.
 * ``close()`` releases what the optimiser holds besides memory (a worker thread); an optimiser
   is not asked again after it. The default does nothing.
 * ``checkpoint()`` captures everything that decides future asks (internal state *and* RNG state)
@@ -49,6 +52,10 @@ class Optimizer(abc.ABC):
     @abc.abstractmethod
     def restore(self, state: dict[str, Any], blob: bytes, *, where: str = "the checkpoint") -> None:
         """Put back what :meth:`checkpoint` returned; ``where`` names the source in errors."""
+
+    def center(self) -> np.ndarray | None:
+        """The search distribution's centre, ``[dim]``, or ``None`` (see the module docstring)."""
+        return None
 
     def close(self) -> None:
         """Release what the optimiser holds besides memory (see the module docstring)."""

@@ -60,6 +60,7 @@ class CMAES(Optimizer):
         if sigma0 <= 0:
             raise ConfigError(f"sigma must be positive; got {sigma0}")
         self.dim, self.popsize, self.sigma0, self.seed = dim, popsize, sigma0, seed
+        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
         # pycma treats seed 0 as "use the clock"; map it to a fixed value to stay reproducible.
         cma_seed = seed if seed > 0 else 2**31 - 1 + seed
         opts: dict[str, Any] = {"popsize": popsize, "seed": cma_seed, "verbose": -9, "verb_disp": 0,
@@ -99,6 +100,11 @@ class CMAES(Optimizer):
         with _own_global_rng(self._rng), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._es.tell(list(candidates), losses.tolist())
+
+    def center(self) -> np.ndarray:
+        """CMA-ES's mean (clipped to the bounds, as candidates are)."""
+        mean = np.array(self._es.mean, dtype=np.float64)
+        return mean if self.bounds is None else np.clip(mean, *self.bounds)
 
     @property
     def sigma(self) -> float:

@@ -120,6 +120,10 @@ class CMACobyla(Optimizer):
             raise ValueError("tell() got another candidate than the one ask() returned")
         self._told(point, float(values[0]))
 
+    def center(self) -> np.ndarray | None:
+        """CMA-ES's mean in stage 1; none in stage 2 (COBYLA's iterate is its best point)."""
+        return self.cma.center() if self.cma is not None else None
+
     def _candidate(self, point: np.ndarray) -> np.ndarray:
         """What is scored for COBYLA's point: the point, clipped to the bounds if there are any."""
         return point if self.bounds is None else np.clip(point, *self.bounds)
