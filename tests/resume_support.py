@@ -16,6 +16,10 @@ from typing import Any
 TIMING = ("elapsed", "calls_per_s", "wall_time_s")
 
 
+class Crash(BaseException):
+    """Stands in for the process dying at a hook (BaseException: nothing may swallow it)."""
+
+
 def history(run_dir: Path) -> list[dict[str, Any]]:
     """Every line of the history (all must parse), without the timing fields."""
     lines = (run_dir / "history.jsonl").read_text("utf-8").splitlines()

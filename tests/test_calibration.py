@@ -17,7 +17,7 @@ import numpy as np
 import pause_points
 import pytest
 from remote_support import sentiment_fit_args, sentiment_task
-from resume_support import assert_same_outcome, checkpoint_doc, history
+from resume_support import Crash, assert_same_outcome, checkpoint_doc, history
 
 from lmaas_tune.backends.base import Query, ScoringBatch
 from lmaas_tune.backends.local.backend import LocalBackend
@@ -95,10 +95,6 @@ def test_the_record_keeps_the_setting_and_an_old_record_reads_as_off() -> None:
 # -- on the tiny causal model ------------------------------------------------------------------------
 
 CFG = TuneConfig(prompt_length=2, intrinsic_dim=6, popsize=4, budget=24, k_shot=4, eval_every=8, seed=5)
-
-
-class Crash(BaseException):
-    pass
 
 
 @pytest.fixture

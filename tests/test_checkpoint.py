@@ -20,7 +20,7 @@ import numpy as np
 import pause_points
 import pytest
 from remote_support import sentiment_task
-from resume_support import assert_same_outcome, checkpoint_doc, history
+from resume_support import Crash, assert_same_outcome, checkpoint_doc, history
 
 from lmaas_tune.tuning import workflows
 from lmaas_tune.backends.factory import BackendSettings
@@ -39,10 +39,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Could not import matplotlib")
 
 CFG = TuneConfig(prompt_length=2, intrinsic_dim=6, popsize=4, budget=38, k_shot=4, eval_every=8, seed=5)
 GENERATIONS = 10  # 9 of 4 calls and a last one of 2
-
-
-class Crash(BaseException):
-    """Stands in for the process dying at a hook (BaseException: nothing may swallow it)."""
 
 
 def stop_at(monkeypatch: pytest.MonkeyPatch, generation: int, stage: str, how: str = "crash") -> None:

@@ -11,20 +11,21 @@ option recorded and kept on resume (a bad value: tests/test_errors_cli.py). No t
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
 import pause_points
 import pytest
 from remote_support import sentiment_fit_args, sentiment_task
-from resume_support import assert_same_outcome, checkpoint_doc, history
+from resume_support import Crash, assert_same_outcome, checkpoint_doc, history
 
 from lmaas_tune.backends.local.backend import LocalBackend
 from lmaas_tune.errors import ConfigError
 from lmaas_tune.methods import TuneConfig
 from lmaas_tune.methods.optimizers import CMAES, CMACobyla, LayerwiseCMAES
 from lmaas_tune.runs.record import RunConfig
-from lmaas_tune.tasks.task import Task
+from lmaas_tune.runs.results import FitResult
 from lmaas_tune.tuning.tuner import BlackBoxTuner
 
 pytestmark = pytest.mark.filterwarnings("ignore:Could not import matplotlib")
@@ -76,23 +77,23 @@ CFG = TuneConfig(prompt_length=2, intrinsic_dim=6, popsize=4, budget=40, k_shot=
 CHECKS = 5  # dev checks: at 8, 16, 24, 32 and 40 calls
 
 
-class Crash(BaseException):
-    pass
+Fit = Callable[..., Awaitable[FitResult]]
 
 
 @pytest.fixture
-def task(tmp_path: Path) -> Task:
-    return sentiment_task(tmp_path)
+def fit(llama_backend: LocalBackend, tmp_path: Path) -> Fit:
+    """``await fit(name, config=CFG, resume=False)``: the sentiment task tuned into ``tmp_path / name``."""
+    task = sentiment_task(tmp_path)
+
+    def run(name: str, config: TuneConfig = CFG, resume: bool = False) -> Awaitable[FitResult]:
+        return BlackBoxTuner(task, llama_backend, config, run_dir=tmp_path / name).fit(resume=resume)
+
+    return run
 
 
-def tuner(task: Task, backend: LocalBackend, run_dir: Path, config: TuneConfig = CFG) -> BlackBoxTuner:
-    return BlackBoxTuner(task, backend, config, run_dir=run_dir)
-
-
-async def test_the_budget_is_exact_and_the_centre_is_scored_on_dev_only(
-        task: Task, llama_backend: LocalBackend, tmp_path: Path) -> None:
-    plain = await tuner(task, llama_backend, tmp_path / "plain", CFG.with_overrides(dev_candidates="best")).fit()
-    both = await tuner(task, llama_backend, tmp_path / "both").fit()
+async def test_the_budget_is_exact_and_the_centre_is_scored_on_dev_only(fit: Fit, tmp_path: Path) -> None:
+    plain = await fit("plain", CFG.with_overrides(dev_candidates="best"))
+    both = await fit("both")
     assert plain.calls == both.calls == CFG.budget == both.ledger["calls"]
     # the centre is one more candidate per dev check, never charged; the test scoring is the same
     assert both.ledger["uncharged_calls"] - plain.ledger["uncharged_calls"] == CHECKS
@@ -108,32 +109,26 @@ async def test_the_budget_is_exact_and_the_centre_is_scored_on_dev_only(
         assert best["train_loss"] == both.train_loss
 
 
-async def test_a_kept_centre_is_stored_and_reloaded(llama_backend: LocalBackend, tmp_path: Path) -> None:
+async def test_a_kept_centre_is_stored_and_reloaded(fit: Fit, tmp_path: Path) -> None:
     """Over a few seeds some check keeps the centre; its record says the train loss is unknown."""
-    task = sentiment_task(tmp_path)
     for seed in range(1, 9):
-        run_dir = tmp_path / f"seed{seed}"
-        result = await tuner(task, llama_backend, run_dir, CFG.with_overrides(seed=seed)).fit()
-        best = json.loads((run_dir / "best.json").read_text("utf-8"))
-        if best["train_loss"] is None:
+        config = CFG.with_overrides(seed=seed)
+        result = await fit(f"seed{seed}", config)
+        if json.loads((tmp_path / f"seed{seed}" / "best.json").read_text("utf-8"))["train_loss"] is None:
             break
     else:
         pytest.fail("no seed of 1..8 kept the centre")
     assert result.train_loss == np.inf
-    assert json.loads((run_dir / "result.json").read_text("utf-8"))["train_loss"] is None
-    # a finished run returns what it stored
-    again = await tuner(task, llama_backend, run_dir, CFG.with_overrides(seed=seed)).fit(resume=True)
+    assert json.loads((tmp_path / f"seed{seed}" / "result.json").read_text("utf-8"))["train_loss"] is None
+    again = await fit(f"seed{seed}", config, resume=True)  # a finished run returns what it stored
     assert again.train_loss == np.inf and np.array_equal(again.best_z, result.best_z)
 
 
 async def test_a_seed_repeats_and_a_crashed_run_resumes_to_the_same_outcome(
-        task: Task, llama_backend: LocalBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    want = tmp_path / "want"
-    await tuner(task, llama_backend, want).fit()
-    await tuner(task, llama_backend, tmp_path / "again").fit()
-    assert_same_outcome(tmp_path / "again", want)
-
-    run_dir = tmp_path / "stopped"
+        fit: Fit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    await fit("want")
+    await fit("again")
+    assert_same_outcome(tmp_path / "again", tmp_path / "want")
 
     def hook(at: str, gen: int) -> None:
         if (at, gen) == ("history", 5):  # after the check at 16 calls, before the one at 24
@@ -141,12 +136,12 @@ async def test_a_seed_repeats_and_a_crashed_run_resumes_to_the_same_outcome(
 
     pause_points.install(hook, monkeypatch.setattr)
     with pytest.raises(Crash):
-        await tuner(task, llama_backend, run_dir).fit()
+        await fit("stopped")
     monkeypatch.undo()
-    assert checkpoint_doc(run_dir)["generation"] == 4
-    result = await tuner(task, llama_backend, run_dir).fit(resume=True)
+    assert checkpoint_doc(tmp_path / "stopped")["generation"] == 4
+    result = await fit("stopped", resume=True)
     assert result.calls == CFG.budget
-    assert_same_outcome(run_dir, want)
+    assert_same_outcome(tmp_path / "stopped", tmp_path / "want")
 
 
 def test_the_cli_takes_the_option_and_a_resume_keeps_it(llama_dir: Path, tmp_path: Path) -> None:

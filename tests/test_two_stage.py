@@ -19,7 +19,7 @@ import numpy as np
 import pause_points
 import pytest
 from remote_support import sentiment_fit_args, sentiment_task
-from resume_support import assert_same_outcome, checkpoint_doc, history
+from resume_support import Crash, assert_same_outcome, checkpoint_doc, history
 
 from lmaas_tune.backends.local.backend import LocalBackend
 from lmaas_tune.errors import ConfigError, RunDirectoryError
@@ -237,10 +237,6 @@ CFG = TuneConfig(prompt_length=2, intrinsic_dim=6, popsize=4, budget=38, k_shot=
                  optimizer="cma-cobyla", cma_fraction=0.5)
 STAGE1 = 4  # generations of 4 calls (16 of the 38); then 22 of one call each
 GENERATIONS = STAGE1 + 22
-
-
-class Crash(BaseException):
-    pass
 
 
 @pytest.fixture

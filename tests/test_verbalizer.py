@@ -12,7 +12,7 @@ import numpy as np
 import pause_points
 import pytest
 from remote_support import sentiment_task
-from resume_support import assert_same_outcome, checkpoint_doc
+from resume_support import Crash, assert_same_outcome, checkpoint_doc
 
 from lmaas_tune.backends.base import ModelKind, ScoringBatch
 from lmaas_tune.backends.factory import BackendSettings
@@ -36,10 +36,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Could not import matplotlib")
 
 MULTI = Verbalizer.of("bad|terrible,great|good")  # all four single tokens of the tiny tokenizers
 CFG = TuneConfig(prompt_length=2, intrinsic_dim=6, popsize=4, budget=14, k_shot=4, eval_every=8, seed=5)
-
-
-class Crash(BaseException):
-    """Stands in for the process dying (BaseException: nothing may swallow it)."""
 
 
 def _lse(x: np.ndarray) -> np.ndarray:
