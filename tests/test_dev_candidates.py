@@ -152,8 +152,10 @@ def test_the_cli_takes_the_option_and_a_resume_keeps_it(llama_dir: Path, tmp_pat
     args = sentiment_fit_args(tmp_path, llama_dir)
     run_dir = tmp_path / "run"
     runner = CliRunner()
-    done = runner.invoke(app, ["fit", *args, "--dev-candidates", "best+mean", "-o", str(run_dir)])
+    loud = [a for a in args if a != "--quiet"]
+    done = runner.invoke(app, ["fit", *loud, "--dev-candidates", "best+mean", "-o", str(run_dir)])
     assert done.exit_code == 0, done.output
+    assert "dev checks also score CMA-ES's mean" in " ".join(done.output.split())
     assert RunConfig.read(run_dir).tune.dev_candidates == "best+mean"
     refused = runner.invoke(app, ["fit", "--resume", str(run_dir), "--dev-candidates", "best"])
     assert refused.exit_code == 2 and "--dev-candidates best (the run has best+mean)" in refused.output

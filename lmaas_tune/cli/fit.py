@@ -88,9 +88,8 @@ def fit_cmd(
 
 
 def _optimizer_note(config: TuneConfig) -> str:
-    if config.optimizer == "cma-cobyla":
-        return f", CMA-ES for {config.cma_fraction:g} of the budget, then COBYLA"
-    return ""
+    note = f", CMA-ES for {config.cma_fraction:g} of the budget, then COBYLA" if config.optimizer == "cma-cobyla" else ""
+    return note + (", dev checks also score CMA-ES's mean" if config.dev_candidates == "best+mean" else "")
 
 
 @app.command("resume")
