@@ -177,11 +177,12 @@ def _stats(values: list[float]) -> str:
     return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
-def _order(key: tuple[str, str]) -> tuple[int, str]:
-    """manual rows, then icl, then BBT's, then gpt; by name within each."""
+def _order(key: tuple[str, str]) -> tuple[int, str, int]:
+    """manual rows, then icl, then BBT's, then gpt; by name within each, a name's budgets in order."""
     method = key[1]
     rank = next((i for i, p in enumerate(("manual", "icl", "bbt", "gpt")) if method.startswith(p)), 4)
-    return rank, method
+    name, _, budget = method.partition("@")
+    return rank, name, int(budget or 0)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
