@@ -201,35 +201,53 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy against calls per task: each seed's budget curve (thin), the mean ± std over seeds at
+    each budget, the other tuned rows as points, the zero-call baselines and gpt as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sel = [r for r in rows if r["task"] == task]
-        curves: dict[str, list[tuple[int, float]]] = {}
+        curves: dict[str, dict[int, dict[Any, float]]] = {}
         for r in sel:
             if "@" in r["method"]:
                 name, budget = r["method"].split("@")
-                curves.setdefault(name, []).append((int(budget), r["accuracy"]))
-        for name, points in curves.items():
-            budgets = sorted({b for b, _ in points})
-            acc = [[a for b, a in points if b == x] for x in budgets]
-            mean = [100 * statistics.mean(a) for a in acc]
-            std = [100 * statistics.stdev(a) if len(a) > 1 else 0.0 for a in acc]
-            ax.errorbar(budgets, mean, yerr=std, marker="o", capsize=3, label=name)
-        for method, style in (("manual", "--"), ("icl", ":"), ("gpt", "-.")):
-            accs = [r["accuracy"] for r in sel if r["method"] == method]
-            if accs:
-                ax.axhline(100 * statistics.mean(accs), linestyle=style, color="gray", label=method)
+                curves.setdefault(name, {}).setdefault(int(budget), {})[r["seed"]] = 100 * r["accuracy"]
+        for i, (name, by_budget) in enumerate(curves.items()):
+            color, nudge = f"C{i}", 1.04 ** (i - (len(curves) - 1) / 2)  # side by side at a shared budget
+            budgets = sorted(by_budget)
+            for seed in sorted({s for acc in by_budget.values() for s in acc}, key=str):
+                xs = [b for b in budgets if seed in by_budget[b]]
+                if len(xs) > 1:
+                    ax.plot(xs, [by_budget[b][seed] for b in xs], color=color, alpha=0.35, linewidth=1)
+            mean = [statistics.mean(by_budget[b].values()) for b in budgets]
+            std = [statistics.stdev(by_budget[b].values()) if len(by_budget[b]) > 1 else 0.0 for b in budgets]
+            seeds = sorted({len(by_budget[b]) for b in budgets})
+            ax.errorbar([b * nudge for b in budgets], mean, yerr=std, marker="o", capsize=3, color=color, linestyle="none",
+                        label=f"{name} ({'/'.join(map(str, seeds))} seeds)")
+        lines = {"manual": ("--", "gray"), "manual+cal": ("-.", "gray"), "icl": (":", "gray"), "gpt": ("-", "black")}
+        for method, (style, color) in lines.items():
+            accs = [100 * r["accuracy"] for r in sel if r["method"] == method]
+            if not accs:
+                continue
+            ax.axhline(statistics.mean(accs), linestyle=style, color=color, linewidth=1,
+                       label=f"{method} ({len(accs)} seed{'s' if len(accs) > 1 else ''})" if method in ("icl", "gpt")
+                       else method)
+        budgets_all = sorted({int(r["method"].split("@")[1]) for r in sel if "@" in r["method"]})
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(budgets_all))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(b) for b in budgets_all])
+        ax.set_xlim(min(budgets_all, default=100) * 0.8, max(budgets_all, default=1000) * 1.25)
         ax.set_xlabel("calls (candidates scored)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(task)
-        ax.legend(fontsize=8)
+        ax.set_title(f"{task}: mean ± std over seeds; thin lines: each seed's curve", fontsize=10)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
