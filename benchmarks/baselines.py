@@ -238,7 +238,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.axhline(statistics.mean(accs), linestyle=style, color=color, linewidth=1,
                        label=f"{method} ({len(accs)} seed{'s' if len(accs) > 1 else ''})" if method in ("icl", "gpt")
                        else method)
-        budgets_all = sorted({int(r["method"].split("@")[1]) for r in sel if "@" in r["method"]})
+        budgets_all = sorted({b for by_budget in curves.values() for b in by_budget})
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator(budgets_all))
         ax.xaxis.set_minor_locator(NullLocator())

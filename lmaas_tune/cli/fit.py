@@ -70,7 +70,7 @@ def fit_cmd(
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         output = Path("runs") / f"{spec.name}-{Path(settings.model).stem}-s{config.seed}-{stamp}"
     display.note(
-        f"fit {spec.name} ({config.method}{_optimizer_note(config)}): L={config.prompt_length} "
+        f"fit {spec.name} ({config.method}{_method_note(config)}): L={config.prompt_length} "
         f"d={config.intrinsic_dim} popsize={config.popsize} "
         f"sigma={config.sigma0} budget={config.budget} loss={config.loss} {config.k_shot}-shot seed={config.seed} -> {output}"
     )
@@ -87,7 +87,7 @@ def fit_cmd(
     _report_fit(_run_job(job(), run_dir, ours), json_out)
 
 
-def _optimizer_note(config: TuneConfig) -> str:
+def _method_note(config: TuneConfig) -> str:
     note = f", CMA-ES for {config.cma_fraction:g} of the budget, then COBYLA" if config.optimizer == "cma-cobyla" else ""
     return note + (", dev checks also score CMA-ES's mean" if config.dev_candidates == "best+mean" else "")
 

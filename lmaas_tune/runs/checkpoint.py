@@ -36,7 +36,7 @@ from lmaas_tune.projection import AnySpec, spec_from_dict
 
 from .atomic import atomic_write
 from .directory import RunDirectory
-from .results import finite_or_none
+from .results import finite_or_none, inf_if_none
 
 
 class BudgetLedger(Protocol):
@@ -54,10 +54,6 @@ _STATE_FILE = re.compile(r"checkpoint-cma-\d{6}\.pkl")
 _COUNTERS = ("calls", "attempts", "retries", "failures", "uncharged_calls", "bytes_up", "bytes_down")
 
 
-def _num(x: float | None) -> float | None:
-    return None if x is None else finite_or_none(x)
-
-
 @dataclass
 class Candidate:
     """A prompt's z, its train loss, and the charged calls when it was found."""
@@ -67,13 +63,13 @@ class Candidate:
     calls: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"z": [float(v) for v in self.z], "loss": _num(self.loss), "calls": self.calls}
+        return {"z": [float(v) for v in self.z], "loss": finite_or_none(self.loss), "calls": self.calls}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Candidate | None":
         if d is None:
             return None
-        loss = math.inf if d["loss"] is None else float(d["loss"])
+        loss = inf_if_none(d["loss"])
         return cls(np.asarray(d["z"], dtype=np.float64), loss, int(d["calls"]))
 
 
@@ -94,14 +90,14 @@ class LoopState:
         return {"next_check": self.next_check, "generation": self.generation,
                 "best": self.best.to_dict() if self.best else None, "best_dev": self.best_dev,
                 "best_generation": self.best_generation, "pending": self.pending.to_dict() if self.pending else None,
-                "best_loss": _num(self.best_loss), "elapsed_s": self.elapsed}
+                "best_loss": finite_or_none(self.best_loss), "elapsed_s": self.elapsed}
 
     def load(self, d: dict[str, Any]) -> None:
         self.next_check, self.generation = int(d["next_check"]), int(d["generation"])
         self.best, self.pending = Candidate.from_dict(d["best"]), Candidate.from_dict(d["pending"])
         self.best_dev = None if d["best_dev"] is None else float(d["best_dev"])
         self.best_generation = d["best_generation"]
-        self.best_loss = math.inf if d["best_loss"] is None else float(d["best_loss"])
+        self.best_loss = inf_if_none(d["best_loss"])
         self.elapsed = float(d["elapsed_s"])
 
 

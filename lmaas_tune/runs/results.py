@@ -54,9 +54,14 @@ class FitResult:
 
 
 
-def finite_or_none(x: float) -> float | None:
-    """JSON has no infinity: a non-finite value is stored as null."""
-    return float(x) if math.isfinite(x) else None
+def finite_or_none(x: float | None) -> float | None:
+    """JSON has no infinity: a non-finite value is stored as null (read back by :func:`inf_if_none`)."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def inf_if_none(x: float | None) -> float:
+    """A loss stored by :func:`finite_or_none`: null reads as ``inf`` (not measured, or no finite loss)."""
+    return math.inf if x is None else float(x)
 
 
 def write_result(run: RunDirectory, result: FitResult, dropped: dict[str, int]) -> None:
@@ -79,7 +84,7 @@ def stored_result(run: RunDirectory) -> FitResult:
     """The result a finished run recorded (test predictions are not stored: empty)."""
     res, best = run.result, run.best
     return FitResult(np.asarray(best["z"], dtype=np.float64), spec_from_dict(best["projection"]), res["metric"],
-                     float(res["dev"]), math.inf if res["train_loss"] is None else float(res["train_loss"]), _evaluation(res.get("test")),
+                     float(res["dev"]), inf_if_none(res["train_loss"]), _evaluation(res.get("test")),
                      _evaluation(res.get("manual_prompt_test")), int(res["calls"]), float(res["wall_time_s"]),
                      dict(res["ledger"]), run.path, run.initial_prompt)
 
